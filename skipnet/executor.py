@@ -1,0 +1,41 @@
+"""Real skipping: run a residual block only on the samples whose gate says execute.
+
+The authors compute every block for every sample and then mask the result, so skipping saves
+no time. Here a gated block gathers the executing samples, runs on them and scatters the result
+back over the shortcut; when no sample executes it, it is not run at all. In eval mode BN uses
+running statistics, so the output equals the masked computation (to float rounding). In policy
+training the same path gives "executed-samples-only" training: a skipped sample needs neither
+forward nor backward through the block (BN batch statistics then come from executing samples).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+def run_selected(block: nn.Module, x: Tensor, shortcut: Tensor, decision: Tensor) -> Tensor:
+    """``block(x, shortcut)`` where ``decision`` (B,) is 1 and ``shortcut`` elsewhere."""
+    batch = decision.shape[0]
+    idx = torch.nonzero(decision > 0.5, as_tuple=False).squeeze(1)
+    n = idx.numel()
+    if n == 0:
+        return shortcut
+    if n == batch:
+        return block(x, shortcut)
+    out = block(x.index_select(0, idx), shortcut.index_select(0, idx))
+    return shortcut.index_copy(0, idx, out)
+
+
+@torch.no_grad()
+def execute(model: nn.Module, images: Tensor, decisions: Tensor | None = None):
+    """Inference with real skipping: ``(logits, GateRecord)`` of ``model`` in eval mode.
+
+    ``decisions`` (B, G) optionally forces the gate decisions (benchmarks use it to hold the
+    computation at a chosen level).
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        return model(images, skip_compute=True, decisions=decisions)
+    finally:
+        model.train(was_training)

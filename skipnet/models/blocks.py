@@ -1,0 +1,91 @@
+"""Residual blocks and the projection shortcut, small enough to read at a glance.
+
+A block computes only its residual branch plus the sum with a shortcut that the caller passes
+in: the projection shortcut (``group{g}_ds{i}``) is a separate module because a skipped
+downsampling block still runs it (its output is what the skipped block passes on).
+Parameter names follow torchvision and the SkipNet authors (``conv1``, ``bn1``, ...).
+"""
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+
+def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
+    """3x3 convolution with padding 1 and no bias (BN follows)."""
+    return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False)
+
+
+def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
+    """1x1 convolution without bias (BN follows)."""
+    return nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)
+
+
+def projection_shortcut(in_planes: int, out_planes: int, stride: int) -> nn.Sequential:
+    """1x1 conv + BN that matches the shortcut to a block's output shape."""
+    return nn.Sequential(conv1x1(in_planes, out_planes, stride), nn.BatchNorm2d(out_planes))
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions (CIFAR ResNets, ImageNet ResNet-18/34)."""
+
+    expansion = 1
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = conv3x3(in_planes, planes, stride)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = conv3x3(planes, planes)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: Tensor, shortcut: Tensor) -> Tensor:
+        # (B, C, H, W) -> (B, planes, H/stride, W/stride)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + shortcut)
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduce, 3x3 (carries the stride, as in the authors' code), 1x1 expand x4."""
+
+    expansion = 4
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = conv1x1(in_planes, planes)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = conv3x3(planes, planes, stride)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = conv1x1(planes, planes * self.expansion)
+        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: Tensor, shortcut: Tensor) -> Tensor:
+        # (B, C, H, W) -> (B, 4 * planes, H/stride, W/stride)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + shortcut)
+
+
+Block = BasicBlock | Bottleneck
+
+
+def init_weights(model: nn.Module) -> None:
+    """The one initialisation of the family: He-normal convs (fan-out), BN at (1, 0).
+
+    Same scheme as the SkipNet authors and torchvision; Linear and LSTM layers keep
+    PyTorch's defaults.
+    """
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+__all__ = ["BasicBlock", "Bottleneck", "Block", "conv1x1", "conv3x3", "projection_shortcut",
+           "init_weights"]

@@ -1,0 +1,72 @@
+"""Models registered by name: ``create_model(name, **overrides)`` and ``list_models(pattern)``.
+
+Builders register with ``@register_model``; the authors' misspelled config names resolve
+through an alias table. An unknown name fails with the closest registered names.
+"""
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import re
+from typing import Callable
+
+from torch import nn
+
+from skipnet.errors import UnknownModelError
+
+_MODELS: dict[str, Callable[..., nn.Module]] = {}
+_ALIASES: dict[str, str] = {}
+
+
+def register_model(fn: Callable[..., nn.Module], name: str | None = None) -> Callable[..., nn.Module]:
+    """Register ``fn`` under ``name`` (default: its function name); usable as a decorator."""
+    name = name or fn.__name__
+    if name in _MODELS or name in _ALIASES:
+        raise ValueError(f"model {name!r} is registered twice")
+    _MODELS[name] = fn
+    return fn
+
+
+def register_alias(alias: str, target: str) -> None:
+    """Accept ``alias`` (for example the authors' misspelling) as another name of ``target``."""
+    if alias in _MODELS or alias in _ALIASES:
+        raise ValueError(f"model alias {alias!r} is registered twice")
+    _ALIASES[alias] = target
+
+
+def _natural_key(name: str) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def list_models(pattern: str = "*", include_aliases: bool = False) -> list[str]:
+    """Registered names matching the fnmatch ``pattern``, in natural order."""
+    names = list(_MODELS) + (list(_ALIASES) if include_aliases else [])
+    return sorted(fnmatch.filter(names, pattern), key=_natural_key)
+
+
+def resolve_name(name: str) -> str:
+    """The canonical registered name of ``name`` (aliases resolved)."""
+    name = _ALIASES.get(name, name)
+    if name not in _MODELS:
+        close = difflib.get_close_matches(name, list(_MODELS) + list(_ALIASES), n=5, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; see skipnet.list_models()"
+        raise UnknownModelError(f"model.arch: unknown architecture {name!r}{hint}")
+    return name
+
+
+def create_model(name: str, **overrides) -> nn.Module:
+    """Build a registered model; keyword overrides (``num_classes``, ``mode``, ``gate``...) win.
+
+    ``None`` overrides are dropped, so callers can pass optional settings through.
+
+    Example:
+        >>> import skipnet
+        >>> model = skipnet.create_model("cifar10_rnn_gate_110", mode="policy")
+        >>> logits, record = model(torch.randn(2, 3, 32, 32))
+        >>> record.decision.shape
+        torch.Size([2, 53])
+    """
+    canonical = resolve_name(name)
+    model = _MODELS[canonical](**{k: v for k, v in overrides.items() if v is not None})
+    model.arch = canonical
+    return model
