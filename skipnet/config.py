@@ -1,0 +1,283 @@
+"""Configuration as data: YAML validated into frozen, typed dataclasses.
+
+``TrainConfig`` describes one training run (model, data, stages, evaluation, device). Files
+state only what differs from the defaults; every key is checked, and a wrong key or value
+raises ``ConfigError`` naming the dotted key and what is accepted, e.g.
+``cfg.yaml: hrl.alpha: must be a number >= 0 (got -1)``. ``--set key=value`` overrides use
+the same dotted keys. ``from_dict`` is generic over dataclasses, so the search layer reuses it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from skipnet.errors import ConfigError
+
+Stage = Literal["base", "sp", "hrl", "pipeline"]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which network: a registry name, optionally with the gate kind or mode overridden."""
+
+    arch: str = "cifar10_rnn_gate_38"
+    gate: str | None = None          # feedforward_conv | feedforward_fc | recurrent (aliases accepted)
+    mode: Literal["hard", "soft"] = "hard"   # SP gate mode; HRL always uses policy
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "synthetic"          # cifar10 | cifar100 | svhn | imagenet | imagefolder | synthetic
+    root: str | None = None
+    download: bool = False
+    val_size: int | None = None      # images held out of the training set (default per data set)
+    num_workers: int = 0
+    image_size: int = 224            # folders only
+    synthetic_size: int = 10000
+    synthetic_test_size: int = 2000
+    augment: bool = True
+
+
+@dataclass(frozen=True)
+class SPConfig:
+    """Supervised stage (``base`` and ``sp``): SGD with step decay; the authors' defaults."""
+
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    batch_size: int = 128
+    iterations: int = 64000
+    lr_milestones: tuple[int, ...] = (32000, 48000)
+    lr_decay: float = 0.1
+    eval_every: int = 1000
+
+
+@dataclass(frozen=True)
+class HRLConfig:
+    """Hybrid RL stage: cross-entropy plus REINFORCE on the gate actions; the authors' defaults."""
+
+    lr: float = 1e-4
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    batch_size: int = 128
+    iterations: int = 10000
+    lr_milestones: tuple[int, ...] = ()
+    lr_decay: float = 0.1
+    eval_every: int = 200
+    alpha: float = 0.1               # gate cost: reward alpha / num_gates per skipped block
+    rl_weight: float = 0.01
+    gamma: float = 1.0
+    temperature: float = 1.0
+    skip_compute: bool = False       # run each block only on the samples that execute it
+    init_checkpoint: str | None = None   # SP checkpoint (ours or the authors') for stage hrl
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    batch_size: int = 256
+    max_batches: int | None = None   # cap evaluation batches (quick searches); None = whole split
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    stage: Stage = "pipeline"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    sp: SPConfig = field(default_factory=SPConfig)
+    hrl: HRLConfig = field(default_factory=HRLConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = True                 # automatic mixed precision on CUDA (ignored on CPU)
+    channels_last: bool = True       # on CUDA (ignored on CPU)
+    output_dir: str = "runs/train"
+
+    def validate(self) -> "TrainConfig":
+        """Range checks that types alone do not express."""
+        _positive("sp.lr", self.sp.lr)
+        _positive("hrl.lr", self.hrl.lr)
+        for section, c in (("sp", self.sp), ("hrl", self.hrl)):
+            _positive(f"{section}.batch_size", c.batch_size)
+            _positive(f"{section}.eval_every", c.eval_every)
+            if c.iterations < 0:
+                raise ConfigError(f"{section}.iterations", c.iterations, "an integer >= 0")
+            if not 0 <= c.momentum < 1:
+                raise ConfigError(f"{section}.momentum", c.momentum, "a number in [0, 1)")
+            if c.weight_decay < 0:
+                raise ConfigError(f"{section}.weight_decay", c.weight_decay, "a number >= 0")
+            if not 0 < c.lr_decay <= 1:
+                raise ConfigError(f"{section}.lr_decay", c.lr_decay, "a number in (0, 1]")
+        if self.hrl.alpha < 0:
+            raise ConfigError("hrl.alpha", self.hrl.alpha, "a number >= 0")
+        if self.hrl.rl_weight < 0:
+            raise ConfigError("hrl.rl_weight", self.hrl.rl_weight, "a number >= 0")
+        if not 0 <= self.hrl.gamma <= 1:
+            raise ConfigError("hrl.gamma", self.hrl.gamma, "a number in [0, 1]")
+        _positive("hrl.temperature", self.hrl.temperature)
+        _positive("eval.batch_size", self.eval.batch_size)
+        if self.data.val_size is not None and self.data.val_size < 1:
+            raise ConfigError("data.val_size", self.data.val_size, "a positive integer (validation selects models)")
+        if self.data.num_workers < 0:
+            raise ConfigError("data.num_workers", self.data.num_workers, "an integer >= 0")
+        return self
+
+
+def _positive(key: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(key, value, "a number > 0")
+
+
+# -- generic dict -> dataclass validation ---------------------------------------------------
+
+def from_dict(cls: type, data: Any, path: str = "") -> Any:
+    """Build dataclass ``cls`` from nested dicts, checking every key and type."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(path or "<top level>", data, f"a mapping of {cls.__name__} keys")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        key = f"{path}.{unknown[0]}" if path else str(unknown[0])
+        raise ConfigError(key, unknown[0], f"a known key (one of {', '.join(fields)})")
+    kwargs = {name: _convert(hints[name], value, f"{path}.{name}" if path else name)
+              for name, value in data.items()}
+    return cls(**kwargs)
+
+
+def _convert(tp: Any, value: Any, path: str) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, path)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _convert(arg, value, path)
+            except ConfigError as e:
+                errors.append(e.accepted)
+        raise ConfigError(path, value, " or ".join(errors + (["null"] if type(None) in args else [])))
+    if origin is Literal:
+        if value in args:
+            return value
+        raise ConfigError(path, value, f"one of {', '.join(map(str, args))}")
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(path, value, "a list")
+        item = args[0] if args else Any
+        return tuple(_convert(item, v, f"{path}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(path, value, "a mapping")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(path, value, "true or false")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(path, value, "an integer")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(path, value, "a number")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(path, value, "a string")
+    raise TypeError(f"unsupported config type {tp!r} at {path}")
+
+
+def to_dict(obj: Any) -> Any:
+    """Nested plain dicts/lists of a config dataclass (for YAML, checkpoints and MLflow)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"hrl": {"alpha": 0.1}}`` -> ``{"hrl.alpha": 0.1}``."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key))
+        else:
+            out[key] = v
+    return out
+
+
+def set_dotted(d: dict, key: str, value: Any) -> dict:
+    """Set ``a.b.c`` in nested dict ``d`` (in place), creating sections as needed."""
+    parts = key.split(".")
+    node = d
+    for part in parts[:-1]:
+        nxt = node.setdefault(part, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(key, value, f"a key under a section, but {part} is a value")
+        node = nxt
+    node[parts[-1]] = value
+    return d
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """``["hrl.alpha=0.05", "model.gate=recurrent"]`` -> dotted dict; values parsed as YAML."""
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError("--set", item, "key=value (for example hrl.alpha=0.05)")
+        key, raw = item.split("=", 1)
+        try:
+            out[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            out[key.strip()] = raw
+    return out
+
+
+def read_yaml(path: str | Path) -> dict:
+    """A YAML mapping from ``path``; a missing file or bad YAML is a one-line ConfigError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("--config", str(path), "an existing YAML file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
+        raise ConfigError("<yaml>", getattr(e, "problem", str(e)), f"valid YAML (error at {where})",
+                          source=str(path)) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError("<top level>", type(data).__name__, "a mapping of keys", source=str(path))
+    return data
+
+
+def load_train_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                      base: dict | None = None) -> TrainConfig:
+    """``TrainConfig`` from a YAML file (or ``base`` dict) plus dotted overrides, validated."""
+    data = read_yaml(path) if path is not None else dict(base or {})
+    for key, value in (overrides or {}).items():
+        set_dotted(data, key, value)
+    try:
+        return from_dict(TrainConfig, data).validate()
+    except ConfigError as e:
+        raise e.with_source(str(path)) if path is not None else e

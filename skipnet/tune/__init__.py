@@ -1,0 +1,1 @@
+"""Ray Tune integration: trainable, search spaces, schedulers (MOASHA) and the search runner."""
