@@ -14,16 +14,25 @@ from torch import Tensor, nn
 
 
 def run_selected(block: nn.Module, x: Tensor, shortcut: Tensor, decision: Tensor) -> Tensor:
-    """``block(x, shortcut)`` where ``decision`` (B,) is 1 and ``shortcut`` elsewhere."""
+    """``block(x, shortcut)`` where ``decision`` (B,) is 1 and ``shortcut`` elsewhere.
+
+    Under ``torch.no_grad`` the result is written into ``shortcut`` in place.
+    """
     batch = decision.shape[0]
+    if batch == 1:                                   # no gather needed: run or do not
+        return block(x, shortcut) if decision.item() > 0.5 else shortcut
     idx = torch.nonzero(decision > 0.5, as_tuple=False).squeeze(1)
     n = idx.numel()
     if n == 0:
         return shortcut
     if n == batch:
         return block(x, shortcut)
-    out = block(x.index_select(0, idx), shortcut.index_select(0, idx))
-    return shortcut.index_copy(0, idx, out)
+    x_sel = x.index_select(0, idx)
+    out = block(x_sel, x_sel if shortcut is x else shortcut.index_select(0, idx))
+    if torch.is_grad_enabled():
+        return shortcut.index_copy(0, idx, out)
+    # inference: scatter into the shortcut in place (it is not read again), saving a full copy
+    return shortcut.index_copy_(0, idx, out)
 
 
 @torch.no_grad()

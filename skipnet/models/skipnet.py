@@ -109,6 +109,9 @@ class SkipResNet(nn.Module):
             if self.gate_spec is not None and j + 1 < len(self.block_info):
                 self.add_module(f"group{info.group}_gate{info.index}",
                                 make_gate(self.gate_spec, info.out_planes))
+        # (block, shortcut, gate) per block, resolved once: the forward loop is on the hot path
+        self._plan = [(self._block(i), self._shortcut(i), self._gate(i) if self.gate_spec is not None
+                       and j + 1 < len(self.block_info) else None) for j, i in enumerate(self.block_info)]
         if self.gate_spec is not None and self.gate_spec.kind is GateKind.RECURRENT:
             self.control = RecurrentGate(self.gate_spec.embed_dim, self.gate_spec.hidden_dim)
         else:
@@ -152,10 +155,8 @@ class SkipResNet(nn.Module):
         state, mask, decision = None, None, None
         decisions_out, probs, log_probs = [], [], []
         last = len(self.block_info) - 1
-        for j, info in enumerate(self.block_info):
-            shortcut_module = self._shortcut(info)
+        for j, (block, shortcut_module, gate) in enumerate(self._plan):
             shortcut = x if shortcut_module is None else shortcut_module(x)
-            block = self._block(info)
             if mask is None:                         # plain network, or the first block
                 x = block(x, shortcut)
             elif skip_compute:
@@ -164,7 +165,7 @@ class SkipResNet(nn.Module):
                 m = mask.view(-1, 1, 1, 1)
                 x = m * block(x, shortcut) + (1 - m) * shortcut
             if gated and j < last:
-                gate_out = self._gate(info)(x)
+                gate_out = gate(x)
                 if self.control is not None:
                     gate_out, state = self.control(gate_out, state)
                 forced = None if decisions is None else decisions[:, j]
