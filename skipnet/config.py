@@ -33,7 +33,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    name: str = "synthetic"          # cifar10 | cifar100 | svhn | imagenet | imagefolder | synthetic
+    name: Literal["cifar10", "cifar100", "svhn", "imagenet", "imagefolder", "synthetic"] = "synthetic"
     root: str | None = None
     download: bool = False
     val_size: int | None = None      # images held out of the training set (default per data set)
@@ -56,6 +56,7 @@ class SPConfig:
     lr_milestones: tuple[int, ...] = (32000, 48000)
     lr_decay: float = 0.1
     eval_every: int = 1000
+    gate_warmup: int = 0             # first iterations run every block (gates off); 0 = the authors' SP
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ class HRLConfig:
     gamma: float = 1.0
     temperature: float = 1.0
     skip_compute: bool = False       # run each block only on the samples that execute it
+    baseline: Literal["none", "batch_mean"] = "none"   # subtract the batch-mean return per gate (less variance)
     init_checkpoint: str | None = None   # SP checkpoint (ours or the authors') for stage hrl
 
 
@@ -105,6 +107,8 @@ class TrainConfig:
         for section, c in (("sp", self.sp), ("hrl", self.hrl)):
             _positive(f"{section}.batch_size", c.batch_size)
             _positive(f"{section}.eval_every", c.eval_every)
+            if getattr(c, "gate_warmup", 0) < 0:
+                raise ConfigError(f"{section}.gate_warmup", c.gate_warmup, "an integer >= 0")
             if c.iterations < 0:
                 raise ConfigError(f"{section}.iterations", c.iterations, "an integer >= 0")
             if not 0 <= c.momentum < 1:

@@ -1,0 +1,59 @@
+"""``fit``: a whole training run on disk — evaluate every ``eval_every`` iterations, keep the
+last and the best (validation top-1) checkpoints, log metrics, report test metrics at the end.
+
+Layout of ``output_dir``: ``config.yaml`` (the effective config), ``last.pt`` (full training
+state, resumable), ``best.pt`` (best on validation), ``metrics.jsonl`` (one line per
+evaluation), ``final.json`` (validation and test metrics of the best checkpoint).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from skipnet.checkpoint import atomic_save, read_checkpoint
+from skipnet.config import TrainConfig, to_dict
+from skipnet.train.engine import Engine
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def fit(cfg: TrainConfig, *, resume: bool = False, on_step: Callable | None = None,
+        on_eval: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Train ``cfg`` to the end (continuing ``output_dir/last.pt`` when ``resume``); final metrics."""
+    out = Path(cfg.output_dir)
+    last, best = out / "last.pt", out / "best.pt"
+    engine = Engine.restore(last, cfg) if resume and last.exists() else Engine(cfg)
+    out.mkdir(parents=True, exist_ok=True)        # only once the config has proved buildable
+    write_text_atomic(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    best_top1 = read_checkpoint(best).get("best_val_top1", float("-inf")) if resume and best.exists() else float("-inf")
+    while not engine.done:
+        metrics = engine.train(engine.stage_cfg.eval_every, progress=on_step)
+        metrics.update(engine.evaluate("val"))
+        engine.save(last)
+        # the best checkpoint is chosen within the final stage (an SP model is no HRL result)
+        final_stage = engine.stage_index == len(engine.stages) - 1
+        if final_stage and metrics["val_top1"] > best_top1:
+            best_top1 = metrics["val_top1"]
+            state = engine.state_dict()
+            state["best_val_top1"] = best_top1
+            atomic_save(state, best)
+        with open(out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+        if on_eval is not None:
+            on_eval(metrics)
+    if best.exists():
+        engine = Engine.restore(best, cfg, splits=engine.splits)
+    final = {**engine.evaluate("val"), **engine.evaluate("test"), "checkpoint": str(best),
+             "iteration": engine.global_iteration}
+    write_text_atomic(out / "final.json", json.dumps(final, indent=2))
+    return final

@@ -1,0 +1,100 @@
+"""One training step of each kind, top to bottom: forward, loss, backward, update.
+
+* ``supervised_step``: cross-entropy; used by ``base`` (plain ResNet) and ``sp`` (gates learn
+  through the straight-through or soft mask).
+* ``hrl_step``: cross-entropy plus REINFORCE on the sampled gate actions. Reward per gate:
+  ``alpha / num_gates`` for each skipped block; final reward: the negative per-sample
+  prediction loss; returns accumulate backwards with discount ``gamma``. As in the authors'
+  ``action.reinforce(rl_weight * R)``, the policy term is summed over samples and gates.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass
+class StepMetrics:
+    loss: float                 # total loss that was minimised
+    prediction_loss: float      # mean cross-entropy
+    accuracy: float             # top-1 on the training batch, %
+    executed_fraction: float    # mean fraction of gated blocks executed (1.0 for plain nets)
+    reward: float = 0.0         # HRL: mean return at the first gate
+
+
+def gate_returns(decision: Tensor, prediction_loss: Tensor, alpha: float, gamma: float) -> Tensor:
+    """Discounted returns (B, G): ``R_j = alpha/G * (1 - a_j) + gamma * R_{j+1}``, ``R_G = -loss``."""
+    num_gates = decision.shape[1]
+    rewards = (1.0 - decision) * (alpha / num_gates)
+    returns = torch.empty_like(rewards)
+    running = -prediction_loss
+    for j in range(num_gates - 1, -1, -1):
+        running = rewards[:, j] + gamma * running
+        returns[:, j] = running
+    return returns
+
+
+def reinforce_loss(log_prob: Tensor, returns: Tensor, rl_weight: float) -> Tensor:
+    """Policy-gradient surrogate: ``-rl_weight * sum(R * log pi(a))`` (returns carry no gradient)."""
+    return -rl_weight * (returns.detach() * log_prob).sum()
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bf16 (or fp16) autocast on CUDA when enabled; a no-op on CPU."""
+    if enabled and device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return contextlib.nullcontext()
+
+
+def _update(loss: Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+
+
+def supervised_step(model: nn.Module, images: Tensor, labels: Tensor, optimizer: torch.optim.Optimizer,
+                    *, amp: bool = False, scaler: torch.amp.GradScaler | None = None,
+                    all_blocks: bool = False) -> StepMetrics:
+    """``all_blocks`` executes every block (SP gate warm-up: blocks learn before gates choose)."""
+    with autocast(images.device, amp):
+        num_gates = getattr(model, "num_gates", 0)
+        forced = images.new_ones(images.shape[0], num_gates) if all_blocks and num_gates else None
+        logits, record = model(images, decisions=forced)
+        loss = F.cross_entropy(logits.float(), labels)
+    _update(loss, optimizer, scaler)
+    return StepMetrics(loss.item(), loss.item(), _accuracy(logits, labels), _executed(record.decision))
+
+
+def hrl_step(model: nn.Module, images: Tensor, labels: Tensor, optimizer: torch.optim.Optimizer, *,
+             alpha: float, rl_weight: float, gamma: float, skip_compute: bool = False, baseline: str = "none",
+             amp: bool = False, scaler: torch.amp.GradScaler | None = None) -> StepMetrics:
+    """``baseline="batch_mean"`` subtracts each gate's mean return over the batch (an unbiased
+    variance reduction the authors did not use; ``"none"`` is their estimator)."""
+    with autocast(images.device, amp):
+        logits, record = model(images, skip_compute=skip_compute)
+        prediction_loss = F.cross_entropy(logits.float(), labels, reduction="none")     # (B,)
+        returns = gate_returns(record.decision, prediction_loss.detach(), alpha, gamma)
+        advantages = returns - returns.mean(0, keepdim=True) if baseline == "batch_mean" else returns
+        policy_loss = reinforce_loss(record.log_prob.float(), advantages, rl_weight)
+        loss = prediction_loss.mean() + policy_loss
+    _update(loss, optimizer, scaler)
+    return StepMetrics(loss.item(), prediction_loss.mean().item(), _accuracy(logits, labels),
+                       _executed(record.decision), returns[:, 0].mean().item())
+
+
+def _accuracy(logits: Tensor, labels: Tensor) -> float:
+    return 100.0 * (logits.argmax(1) == labels).float().mean().item()
+
+
+def _executed(decision: Tensor) -> float:
+    return 1.0 if decision.shape[1] == 0 else decision.float().mean().item()

@@ -1,0 +1,206 @@
+"""Build and run a search: experiment file -> Ray Tune ``Tuner`` -> MLflow runs -> best trials.
+
+``run_search`` starts a new search, ``resume_search`` continues an interrupted one from its
+storage directory (``Tuner.restore``); both return a ``SearchSummary``. The search directory
+holds ``skipnet_search.json`` (the experiment and the MLflow parent run id), so a resume logs
+into the same parent and child runs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from skipnet.config import from_dict, to_dict
+from skipnet.errors import ConfigError, SkipNetError
+from skipnet.tune.experiment import ExperimentConfig
+from skipnet.tune.spaces import (SearchSpace, check_pbt_mutations, constants, to_optuna_distributions,
+                                 to_pbt_mutations, to_tune_space)
+
+SEARCH_FILE = "skipnet_search.json"
+MO_METRICS, MO_MODES = ["val_top1", "val_computation_pct"], ["max", "min"]
+
+
+@dataclass
+class SearchSummary:
+    search_id: str
+    path: str
+    parent_run_id: str
+    tracking_uri: str
+    trials: list[dict[str, Any]]         # one row per trial: id, status, config, last metrics
+    errors: int
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Connect to ``address`` or start a local Ray that listens on 127.0.0.1 only.
+
+    Ray 2.60 moves ``_node_ip_address=127.0.0.1`` to the routable address unless clusters are
+    off (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``), so the local default sets that first.
+    Token authentication stays as Ray configures it (on by default).
+    """
+    import ray
+    if ray.is_initialized():
+        return
+    if address or os.environ.get("RAY_ADDRESS"):       # a cluster (inside a Ray job: RAY_ADDRESS)
+        ray.init(address=address or None, log_to_driver=True)
+        return
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    from ray._private import ray_constants
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=True)
+
+
+def load_space(exp: ExperimentConfig) -> SearchSpace:
+    if isinstance(exp.search_space, str):
+        return SearchSpace.from_yaml(exp.resolve(exp.search_space))
+    return SearchSpace.from_dict(exp.search_space, source="search_space")
+
+
+def _scheduler(exp: ExperimentConfig):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+
+    from skipnet.tune.moasha import MOASHA
+    s = exp.scheduler
+    if s.type == "asha":
+        return ASHAScheduler(time_attr="training_iteration", max_t=exp.budget.max_steps,
+                             grace_period=s.grace_period, reduction_factor=s.reduction_factor)
+    if s.type == "moasha":
+        return MOASHA(MO_METRICS, MO_MODES, max_t=exp.budget.max_steps, grace_period=s.grace_period,
+                      reduction_factor=s.reduction_factor)
+    if s.type == "pbt":
+        mutations = SearchSpace.from_yaml(exp.resolve(s.mutations))
+        check_pbt_mutations(mutations)
+        return PopulationBasedTraining(time_attr="training_iteration", perturbation_interval=s.perturbation_interval,
+                                       hyperparam_mutations=to_pbt_mutations(mutations),
+                                       quantile_fraction=s.quantile_fraction)
+    return FIFOScheduler()
+
+
+def _search(exp: ExperimentConfig, space: SearchSpace) -> tuple[Any, dict[str, Any]]:
+    """(search algorithm or None, param space) for the experiment's searcher."""
+    if exp.searcher.type in ("optuna-tpe", "optuna-mo"):
+        import optuna
+        from ray.tune.search.optuna import OptunaSearch
+        multi = exp.searcher.type == "optuna-mo"
+        search = OptunaSearch(space=to_optuna_distributions(space), sampler=optuna.samplers.TPESampler(seed=exp.seed),
+                              metric=MO_METRICS if multi else exp.scheduler.metric,
+                              mode=MO_MODES if multi else "max")
+        return search, constants(space)
+    return None, to_tune_space(space)
+
+
+def _metric_mode(exp: ExperimentConfig) -> tuple[str | None, str | None]:
+    if exp.searcher.type == "optuna-mo" or exp.scheduler.type == "moasha":
+        return None, None
+    return exp.scheduler.metric, "max"
+
+
+def _tags(exp: ExperimentConfig, search_id: str) -> dict[str, str]:
+    train = exp.train
+    return {"search_id": search_id, "architecture": str(train.get("model", {}).get("arch", "")),
+            "gate": str(train.get("model", {}).get("gate", "") or ""),
+            "data_set": str(train.get("data", {}).get("name", "synthetic")),
+            "scheduler": exp.scheduler.type, "searcher": exp.searcher.type}
+
+
+def _trainable(exp: ExperimentConfig):
+    from ray import tune
+
+    from skipnet.tune.trainable import SkipNetTrainable
+    trainable = tune.with_parameters(SkipNetTrainable, base=exp.base_train(), iterations_per_step=exp.budget.iterations_per_step,
+                                      objective_weight=exp.scheduler.objective_weight)
+    resources = {"cpu": exp.resources.cpu, "gpu": exp.resources.gpu}
+    return tune.with_resources(trainable, resources)
+
+
+def _storage(exp: ExperimentConfig) -> str:
+    path = exp.storage_path
+    return path if "://" in path else str(Path(path).resolve())
+
+
+def build_tuner(exp: ExperimentConfig, search_id: str, parent_run_id: str, tracking_uri: str):
+    from ray import tune
+
+    from skipnet.tune.mlflow_callback import MLflowSearchCallback
+    space = load_space(exp)
+    search_alg, param_space = _search(exp, space)
+    metric, mode = _metric_mode(exp)
+    callback = MLflowSearchCallback(tracking_uri, exp.mlflow.experiment_name, parent_run_id,
+                                    _tags(exp, search_id), exp.budget.max_steps, exp.base_train())
+    score = exp.scheduler.metric
+    return tune.Tuner(
+        _trainable(exp), param_space=param_space,
+        tune_config=tune.TuneConfig(metric=metric, mode=mode, scheduler=_scheduler(exp), search_alg=search_alg,
+                                    num_samples=exp.num_samples, max_concurrent_trials=exp.max_concurrent_trials,
+                                    reuse_actors=True),
+        run_config=tune.RunConfig(
+            name=search_id, storage_path=_storage(exp), stop={"training_iteration": exp.budget.max_steps},
+            # PBT exploits other trials' checkpoints: keep them all there (Ray warns below 3)
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None if exp.scheduler.type == "pbt" else 2,
+                                                    checkpoint_frequency=1, checkpoint_at_end=True,
+                                                    checkpoint_score_attribute=score, checkpoint_score_order="max"),
+            failure_config=tune.FailureConfig(max_failures=exp.max_failures),
+            callbacks=[callback], verbose=1))
+
+
+def run_search(exp: ExperimentConfig, *, address: str | None = None) -> SearchSummary:
+    """Run the experiment to the end; trials land in MLflow under one parent run."""
+    from skipnet.tracking import SearchTracker
+    space = load_space(exp)                        # fail on a bad space before starting anything
+    _scheduler(exp)
+    search_id = f"{exp.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    tracker = SearchTracker(exp.mlflow.tracking_uri, exp.mlflow.experiment_name)
+    parent = tracker.start_search(search_id, to_dict(exp), space.to_dict())
+    path = _search_path(exp, search_id)
+    _write_meta(path, exp, search_id, parent, tracker.uri)
+    init_ray(address, num_cpus=None)
+    tuner = build_tuner(exp, search_id, parent, tracker.uri)
+    results = tuner.fit()
+    return _summary(results, search_id, path, parent, tracker.uri)
+
+
+def resume_search(path: str, *, address: str | None = None) -> SearchSummary:
+    """Continue the interrupted search stored at ``path`` (the directory ``run_search`` printed)."""
+    from ray import tune
+    meta_file = Path(path) / SEARCH_FILE
+    if not meta_file.is_file():
+        raise ConfigError("PATH", path, f"a search directory holding {SEARCH_FILE} (printed by skipnet search)")
+    meta = json.loads(meta_file.read_text())
+    exp = from_dict(ExperimentConfig, meta["experiment"]).validate()
+    init_ray(address)
+    if not tune.Tuner.can_restore(path):
+        raise SkipNetError(f"resume: {path}: Tune has no experiment state to restore there yet")
+    search_alg, param_space = _search(exp, load_space(exp))
+    tuner = tune.Tuner.restore(path, trainable=_trainable(exp), param_space=param_space,
+                               resume_unfinished=True, resume_errored=True)
+    results = tuner.fit()
+    return _summary(results, meta["search_id"], str(path), meta["parent_run_id"], meta["tracking_uri"])
+
+
+def _search_path(exp: ExperimentConfig, search_id: str) -> str:
+    storage = _storage(exp)
+    return f"{storage.rstrip('/')}/{search_id}" if "://" in storage else str(Path(storage) / search_id)
+
+
+def _write_meta(path: str, exp: ExperimentConfig, search_id: str, parent: str, uri: str) -> None:
+    if "://" in path:
+        return                                        # cloud storage: resume needs the parent id passed in
+    Path(path).mkdir(parents=True, exist_ok=True)
+    meta = {"search_id": search_id, "parent_run_id": parent, "tracking_uri": uri, "experiment": to_dict(exp)}
+    tmp = Path(path) / f".{SEARCH_FILE}.tmp"
+    tmp.write_text(json.dumps(meta, indent=2))
+    os.replace(tmp, Path(path) / SEARCH_FILE)
+
+
+def _summary(results, search_id: str, path: str, parent: str, uri: str) -> SearchSummary:
+    rows = []
+    for r in results:
+        m = r.metrics or {}
+        rows.append({"trial_id": m.get("trial_id", ""), "config": r.config, "error": r.error is not None,
+                     **{k: m.get(k) for k in ("training_iteration", "val_top1", "val_computation_pct",
+                                              "val_block_count_pct", "objective", "test_top1")}})
+    return SearchSummary(search_id, path, parent, uri, rows, sum(row["error"] for row in rows))

@@ -1,0 +1,93 @@
+"""``SkipNetTrainable``: the training engine as a Ray Tune Trainable (class API).
+
+``setup`` builds an ``Engine`` from the trial's config, ``step`` trains a fixed number of
+iterations and validates, ``save_checkpoint``/``load_checkpoint`` use the engine's exact-resume
+checkpoints, and ``reset_config`` changes lr and alpha in place (PBT) or rebuilds the engine
+when the network itself changes (another gate type), so ``reuse_actors`` works.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from ray import tune
+
+from skipnet.checkpoint import atomic_save, read_checkpoint
+from skipnet.config import TrainConfig, flatten, load_train_config
+from skipnet.train.engine import Engine
+
+CHECKPOINT_FILE = "engine.pt"
+
+
+def objective(metrics: dict[str, Any], weight: float) -> float:
+    """The scalar ASHA/PBT compare: validation accuracy minus ``weight`` x computation %."""
+    return metrics["val_top1"] - weight * metrics["val_computation_pct"]
+
+
+class SkipNetTrainable(tune.Trainable):
+    """One trial. ``config`` holds the searched TrainConfig keys (nested or dotted); the
+    experiment's shared training config, step size and objective weight arrive through
+    ``tune.with_parameters``."""
+
+    def setup(self, config: dict[str, Any], base: dict[str, Any], iterations_per_step: int,
+              objective_weight: float = 0.2) -> None:
+        threads = max(1, int(os.environ.get("OMP_NUM_THREADS", "0")) or int(self._cpus()))
+        torch.set_num_threads(threads)            # oversubscribed OpenMP threads stall badly
+        self.base, self.iterations_per_step, self.objective_weight = base, iterations_per_step, objective_weight
+        self.restored_from: str | None = None
+        self.engine = Engine(self._train_config(config))
+
+    def _cpus(self) -> float:
+        resources = self.trial_resources
+        return getattr(resources, "required_resources", {}).get("CPU", 1) if resources else 1
+
+    def _train_config(self, config: dict[str, Any]) -> TrainConfig:
+        overrides = flatten(config)
+        overrides["output_dir"] = self.logdir or "."
+        return load_train_config(None, overrides, base=self.base)
+
+    def step(self) -> dict[str, Any]:
+        metrics = self.engine.train(self.iterations_per_step)
+        metrics.update(self.engine.evaluate("val"))
+        metrics["objective"] = objective(metrics, self.objective_weight)
+        skip = metrics.pop("val_skip_ratio", None)
+        if skip is not None:
+            metrics["val_skip_ratio_mean"] = sum(skip) / len(skip)
+            metrics.update({f"val_skip_ratio/gate{j:03d}": s for j, s in enumerate(skip)})
+        metrics["alpha"] = self.engine.cfg.hrl.alpha
+        metrics["restored_from"] = self.restored_from or ""
+        if self.engine.done:
+            test = self.engine.evaluate("test")
+            test.pop("test_skip_ratio", None)
+            metrics.update(test)
+            metrics["engine_done"] = metrics["done"] = True      # "done" tells Tune to stop
+        return metrics
+
+    def save_checkpoint(self, checkpoint_dir: str) -> str:
+        state = self.engine.state_dict()
+        state["trial_id"] = self.trial_id
+        atomic_save(state, Path(checkpoint_dir) / CHECKPOINT_FILE)
+        return checkpoint_dir
+
+    def load_checkpoint(self, checkpoint: str | dict | None) -> None:
+        path = Path(checkpoint) / CHECKPOINT_FILE
+        state = read_checkpoint(path)
+        cfg = self.engine.cfg
+        self.engine = Engine(cfg, splits=self.engine.splits, load_init=False)
+        self.engine.load_state_dict(state)
+        # the trial's own (possibly mutated) lr and alpha win over the donor's
+        lr = (cfg.hrl if self.engine.stage == "hrl" else cfg.sp).lr
+        self.engine.update_hyperparameters(lr=lr, alpha=cfg.hrl.alpha)
+        donor = state.get("trial_id")
+        self.restored_from = donor if donor and donor != self.trial_id else self.restored_from
+
+    def reset_config(self, new_config: dict[str, Any]) -> bool:
+        """A reused actor starts another trial (or a PBT exploit, restored right after): a fresh
+        engine, reusing the loaded data set when the data settings are unchanged."""
+        cfg, old = self._train_config(new_config), self.engine.cfg
+        same_data = (cfg.data, cfg.seed) == (old.data, old.seed)
+        self.engine = Engine(cfg, splits=self.engine.splits if same_data else None)
+        self.config, self.restored_from = new_config, None
+        return True

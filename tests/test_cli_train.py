@@ -1,0 +1,78 @@
+"""``skipnet train`` and ``skipnet eval`` end to end through the real entry point (subprocess)."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import skipnet
+
+
+def run(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "skipnet", *args], capture_output=True, text=True,
+                          timeout=600, cwd=cwd)
+
+
+TINY = ["--set", "data.synthetic_size=800", "--set", "data.synthetic_test_size=100", "--set", "data.val_size=100",
+        "--set", "sp.iterations=4", "--set", "hrl.iterations=2", "--set", "sp.batch_size=16",
+        "--set", "hrl.batch_size=16", "--set", "sp.eval_every=2", "--set", "hrl.eval_every=2", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    result = run("train", "--config", "experiments/quickstart_train.yaml", "--set", f"output_dir={out}", *TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result
+
+
+def test_train_writes_checkpoints_metrics_and_table(trained):
+    out, result = trained
+    assert {"config.yaml", "last.pt", "best.pt", "metrics.jsonl", "final.json"} <= {p.name for p in out.iterdir()}
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["iteration"] for m in lines] == [2, 4, 6] and lines[-1]["stage"] == "hrl"
+    final = json.loads((out / "final.json").read_text())
+    assert "test_top1" in final and "val_computation_pct" in final
+    assert "val_top1" in result.stdout and "test_computation_pct" in result.stdout
+
+
+def test_eval_of_our_checkpoint(trained):
+    out, _ = trained
+    result = run("eval", "--checkpoint", str(out / "best.pt"), "--split", "val")
+    assert result.returncode == 0, result.stderr[-2000:]
+    final = json.loads((out / "final.json").read_text())
+    assert f"{final['val_top1']:.3f}" in result.stdout
+    assert "skip ratio per gate" in result.stdout
+
+
+def test_eval_of_an_authors_file_needs_arch(tmp_path):
+    model = skipnet.create_model("cifar10_rnn_gate_rl_38")
+    state = {"module." + k: v for k, v in model.state_dict().items() if "num_batches" not in k}
+    torch.save({"state_dict": state, "iter": 1}, tmp_path / "a.pth.tar")
+    result = run("eval", "--checkpoint", str(tmp_path / "a.pth.tar"), "--data", "synthetic")
+    assert result.returncode == 2 and "--arch" in result.stderr and "Traceback" not in result.stderr
+    result = run("eval", "--checkpoint", str(tmp_path / "a.pth.tar"), "--data", "synthetic",
+                 "--arch", "cifar10_rnn_gate_rl_38")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "test_computation_pct" in result.stdout
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["train", "--config", "nope.yaml"], "--config: must be an existing YAML file"),
+    (["train", "--config", "experiments/quickstart_train.yaml", "--set", "hrl.alpha=-1"], "hrl.alpha: must be a number >= 0"),
+    (["train", "--config", "experiments/quickstart_train.yaml", "--set", "sp.lrr=0.1"], "sp.lrr: must be a known key"),
+    (["train", "--config", "experiments/quickstart_train.yaml", "--set", "model.arch=cifar10_rnn_gate_111"],
+     "did you mean cifar10_rnn_gate_110"),
+    (["train", "--config", "experiments/quickstart_train.yaml", "--set", "data.name=mnist"], "data.name"),
+    (["eval", "--checkpoint", "missing.pt"], "no such file"),
+    (["bogus"], "invalid choice"),
+])
+def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, args, needle):
+    if args[0] == "train":
+        args = [*args, "--set", f"output_dir={tmp_path / 'out'}"]
+    result = run(*args)
+    assert result.returncode == 2, result.stderr
+    assert needle in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,98 @@
+"""Training engine: steps, rewards, exact resume, stage switching, hyper-parameter updates."""
+import pytest
+import torch
+
+from skipnet.config import load_train_config
+from skipnet.errors import ConfigError
+from skipnet.train import Engine, gate_returns, reinforce_loss
+
+SMALL = {"data.synthetic_size": 1200, "data.synthetic_test_size": 200, "data.val_size": 200,
+         "sp.batch_size": 16, "hrl.batch_size": 16, "eval.batch_size": 100, "model.arch": "cifar10_rnn_gate_38"}
+
+
+def small_cfg(tmp_path=None, **extra):
+    overrides = dict(SMALL, **extra)
+    if tmp_path is not None:
+        overrides["output_dir"] = str(tmp_path)
+    return load_train_config(None, overrides)
+
+
+def test_gate_returns_follow_the_authors_recursion():
+    decision = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]])
+    loss = torch.tensor([0.5, 2.0])
+    r = gate_returns(decision, loss, alpha=0.3, gamma=0.9)
+    step = 0.3 / 3
+    # sample 0: rewards (0, step, step); final reward -0.5
+    r2 = step + 0.9 * -0.5
+    r1 = step + 0.9 * r2
+    r0 = 0.0 + 0.9 * r1
+    assert torch.allclose(r[0], torch.tensor([r0, r1, r2]))
+    assert torch.allclose(r[1], torch.tensor([step + 0.9 * 0.81 * -2.0, 0.81 * -2.0, 0.9 * -2.0]))
+
+
+def test_reinforce_loss_gradient_is_minus_weighted_return():
+    log_prob = torch.tensor([[-0.1, -2.0]], requires_grad=True)
+    returns = torch.tensor([[1.0, -3.0]])
+    reinforce_loss(log_prob, returns, rl_weight=0.5).backward()
+    assert torch.allclose(log_prob.grad, torch.tensor([[-0.5, 1.5]]))
+
+
+@pytest.mark.parametrize("skip_compute", [False, True])
+def test_resume_equals_uninterrupted_run(tmp_path, skip_compute):
+    """Stopped halfway (inside HRL), saved, restored in a new engine: identical to never stopping."""
+    cfg = small_cfg(**{"sp.iterations": 6, "hrl.iterations": 6, "hrl.skip_compute": skip_compute,
+                       "hrl.lr": 0.01})
+    straight = Engine(cfg)
+    straight.train(6)
+    straight.train(3)
+    straight.train(3)
+    expected = straight.evaluate("val")
+
+    first = Engine(cfg)
+    first.train(6)
+    first.train(3)
+    first.save(tmp_path / "half.pt")
+    del first
+    resumed = Engine.restore(tmp_path / "half.pt")
+    assert resumed.stage == "hrl" and resumed.iteration == 3
+    resumed.train(3)
+    assert resumed.evaluate("val") == expected
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_pipeline_switches_to_policy_mode_and_reports_metrics():
+    engine = Engine(small_cfg(**{"sp.iterations": 2, "hrl.iterations": 2, "sp.eval_every": 2}))
+    m = engine.train(5)
+    assert m["stage"] == "sp" and m["iteration"] == 2          # a window stops at the stage's end
+    m = engine.train(5)
+    assert m["stage"] == "hrl" and engine.model.mode.value == "policy" and engine.done
+    assert m["lr"] == pytest.approx(1e-4) and m["train_images_per_s"] > 0
+    v = engine.evaluate("val")
+    assert set(v) >= {"val_top1", "val_loss", "val_computation_pct", "val_block_count_pct", "val_skip_ratio"}
+    assert len(v["val_skip_ratio"]) == engine.model.num_gates
+    t = engine.evaluate("test", per_sample=True)
+    assert t["executed_blocks"].shape == t["difficulty"].shape == (200,)
+
+
+def test_update_hyperparameters_keeps_schedule_position():
+    engine = Engine(small_cfg(**{"stage": "sp", "sp.iterations": 4, "sp.lr_milestones": [2], "sp.lr_decay": 0.5}))
+    engine.train(3)
+    assert engine.optimizer.param_groups[0]["lr"] == pytest.approx(0.05)
+    engine.update_hyperparameters(lr=0.2, alpha=0.3)
+    assert engine.optimizer.param_groups[0]["lr"] == pytest.approx(0.1)
+    assert engine.cfg.hrl.alpha == 0.3 and engine.cfg.sp.lr == 0.2
+
+
+def test_hrl_from_sp_checkpoint_and_stage_checks(tmp_path):
+    sp = Engine(small_cfg(**{"stage": "sp", "sp.iterations": 2}))
+    sp.train(2)
+    sp.save(tmp_path / "sp.pt")
+    hrl = Engine(small_cfg(**{"stage": "hrl", "hrl.iterations": 1, "hrl.init_checkpoint": str(tmp_path / "sp.pt")}))
+    assert torch.equal(hrl.model.fc.weight, sp.model.fc.weight)
+    with pytest.raises(ConfigError, match="hrl.init_checkpoint"):
+        Engine(small_cfg(**{"stage": "hrl"}))
+    with pytest.raises(ConfigError, match="model.arch.*plain ResNet"):
+        Engine(small_cfg(**{"stage": "base"}))
+    with pytest.raises(ConfigError, match="model.arch.*gated SkipNet"):
+        Engine(small_cfg(**{"stage": "sp", "model.arch": "cifar10_resnet_38"}))
