@@ -1,0 +1,113 @@
+"""Searches as separate processes: a killed driver resumed with ``skipnet resume``, and a job
+submitted through the Ray Jobs API to a head started with ``ray start --head`` on 127.0.0.1."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from conftest import free_port
+from test_search import SPACE, TINY_TRAIN
+
+ROOT = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+
+
+def write_experiment(path, name, tracking_uri, storage, **over):
+    data = {"name": name, "train": TINY_TRAIN, "search_space": SPACE,
+            "budget": {"iterations_per_step": 2, "max_steps": 4}, "num_samples": 4, "max_concurrent_trials": 2,
+            "storage_path": str(storage), "mlflow": {"tracking_uri": tracking_uri, "experiment_name": name}}
+    data.update(over)
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def skipnet(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "skipnet", *args], capture_output=True, text=True,
+                          timeout=kw.pop("timeout", 600), **kw)
+
+
+def test_killed_driver_resumes_with_one_child_run_per_trial(tmp_path, mlflow_server):
+    exp = write_experiment(tmp_path / "exp.yaml", "resume-test", mlflow_server["url"], tmp_path / "searches",
+                           budget={"iterations_per_step": 2, "max_steps": 6})
+    log = open(tmp_path / "driver.log", "w")
+    driver = subprocess.Popen([sys.executable, "-m", "skipnet", "search", str(exp)], stdout=log,
+                              stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp_path)
+    client = MlflowClient(mlflow_server["url"])
+    deadline = time.time() + 300
+    while True:                                    # wait until some trial has reported twice
+        experiment = client.get_experiment_by_name("resume-test")
+        runs = client.search_runs([experiment.experiment_id], filter_string="tags.trial_id != ''") if experiment else []
+        if any(len(client.get_metric_history(r.info.run_id, "val_top1")) >= 2 for r in runs):
+            break
+        assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+        assert time.time() < deadline, "search made no progress"
+        time.sleep(1)
+    os.killpg(driver.pid, signal.SIGKILL)          # the driver and the Ray it started die at once
+    driver.wait()
+    log.close()
+    search_dir = next((tmp_path / "searches").iterdir())
+    result = skipnet("resume", str(search_dir), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    parent = json.loads((search_dir / "skipnet_search.json").read_text())["parent_run_id"]
+    children = client.search_runs([experiment.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")
+    assert len(children) == 4 and len({c.data.tags["trial_id"] for c in children}) == 4
+    for child in children:
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "training_iteration")]
+        assert steps == list(range(1, len(steps) + 1)), steps       # no lost or repeated step
+        assert child.info.status == "FINISHED"
+
+
+@pytest.fixture
+def ray_head(tmp_path):
+    """``ray start --head`` on 127.0.0.1 with token authentication (Ray 2.60's default)."""
+    ray = str(VENV_BIN / "ray")
+    port, dash = free_port(), free_port()
+    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0",
+               PATH=f"{VENV_BIN}:{os.environ['PATH']}")
+    start = subprocess.run([ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+                            "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
+                            "--include-dashboard=true", "--disable-usage-stats"],
+                           capture_output=True, text=True, env=env, timeout=180)
+    assert start.returncode == 0, start.stdout[-2000:] + start.stderr[-2000:]
+    yield {"address": f"http://127.0.0.1:{dash}", "env": env}
+    subprocess.run([ray, "stop", "--force"], capture_output=True, env=env, timeout=120)
+
+
+def test_job_submitted_through_jobs_api(tmp_path, mlflow_server, ray_head):
+    work = tmp_path / "project"
+    shutil.copytree(ROOT / "skipnet", work / "skipnet", ignore=shutil.ignore_patterns("__pycache__"))
+    exp = write_experiment(work / "exp.yaml", "job-test", mlflow_server["url"], tmp_path / "searches",
+                           num_samples=2, budget={"iterations_per_step": 2, "max_steps": 2})
+    env = dict(ray_head["env"])
+    env.pop("RAY_AUTH_MODE", None)                 # the CLI turns token mode on by itself
+    submitted = skipnet("submit", "exp.yaml", "--address", ray_head["address"], cwd=work, env=env)
+    assert submitted.returncode == 0, submitted.stderr[-3000:]
+    job_id = submitted.stdout.strip().splitlines()[-1]
+    deadline, state = time.time() + 400, ""
+    while time.time() < deadline:
+        state = skipnet("status", job_id, "--address", ray_head["address"], env=env).stdout.strip()
+        if state in ("SUCCEEDED", "FAILED", "STOPPED"):
+            break
+        time.sleep(3)
+    logs = skipnet("logs", job_id, "--address", ray_head["address"], env=env).stdout
+    assert state == "SUCCEEDED", logs[-4000:]
+    assert "search job-test" in logs
+    client = MlflowClient(mlflow_server["url"])
+    experiment = client.get_experiment_by_name("job-test")
+    runs = client.search_runs([experiment.experiment_id], filter_string="tags.trial_id != ''")
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+
+
+def test_unreachable_jobs_api_is_one_line(tmp_path):
+    exp = write_experiment(tmp_path / "exp.yaml", "x", None, tmp_path / "s")
+    result = skipnet("submit", str(exp), "--address", f"http://127.0.0.1:{free_port()}", "--working-dir", str(tmp_path))
+    assert result.returncode == 2 and "cannot reach the Ray Jobs API" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
