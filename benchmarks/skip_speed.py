@@ -17,6 +17,14 @@ import skipnet
 from _common import best_time, machine, print_table, write_json
 
 
+def exact_patterns(batch: int, num_gates: int, fraction: float, seed: int) -> torch.Tensor:
+    """(batch, G) decisions, each row executing exactly round(fraction * G) random gated blocks."""
+    g = torch.Generator().manual_seed(seed)
+    k = round(fraction * num_gates)
+    order = torch.rand(batch, num_gates, generator=g).argsort(1)
+    return (order < k).float()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="cifar10_rnn_gate_rl_110")
@@ -43,9 +51,7 @@ def main() -> None:
         with torch.no_grad():
             t_plain = timed(lambda: plain(x))
             for frac in args.fractions:
-                g = torch.Generator().manual_seed(int(frac * 1000) + batch)
-                shape = (1, model.num_gates) if batch == 1 else (batch, model.num_gates)
-                decisions = (torch.rand(shape, generator=g) < frac).float().expand(batch, -1).contiguous()
+                decisions = exact_patterns(batch, model.num_gates, frac, seed=int(frac * 1000) + batch)
                 t_masked = timed(lambda: model(x, decisions=decisions))
                 t_exec = timed(lambda: model(x, skip_compute=True, decisions=decisions))
                 rows.append({
