@@ -9,24 +9,27 @@ sees exactly the batches, augmentation included, of the uninterrupted run. Index
 set gives its eval view (no augmentation).
 
 Synthetic data set: CIFAR-shaped (3x32x32 uint8 images, 10 classes), generated from the
-seed in about half a second, bit-identical on every machine (numpy Generator streams and
-element-wise float32 arithmetic only). Every class has an easy cue and a hard cue. The easy
-cue is a flat background colour per class (ten colours spread far apart), which one
-convolution and a global average pool can read. The hard cue is a silhouette per class
-(disc, square, diamond, ring, plus, x-cross, triangle up, triangle down, hollow square, two
-dots) of random radius 6-10 px at a random position, lighter than a dark background and
-darker than a light one; telling shapes apart needs receptive fields as large as the shape,
-i.e. more layers. Each sample draws a difficulty ``d`` uniform in [0, 1]: its background is
-``(1 - d) * colour[class] + d * colour[random other class]``, its shape contrast is
-``80 * (1 - d / 2)`` grey levels and it carries uniform pixel noise of amplitude ``8 + 32 d``.
-Below ``d = 0.5`` the colour alone gives the class; above, the colour points to a wrong class
-and only the shape, which takes more computation, is right. ``difficulty(dataset)`` returns
-``d`` for every synthetic split. (With more than 10 classes, classes 10-19 reuse the shapes
-drawn darker than the background.)
+seed in about half a second and bit-identical on every machine (numpy Generator streams, a
+rounded cosine table and element-wise float32 arithmetic only). Each class has two cues. The
+easy cue is a flat background colour per class (colours spread far apart), which a single
+convolution and a global average pool read. The hard cue is a grey stripe texture per class:
+vertical, horizontal, diagonal-X or square plaid, with a period of 5, 9 or 16 pixels (±8%,
+random phase). Each sample draws a difficulty ``d`` uniform in [0, 1]; its background is
+``(1 - d) * colour[class] + d * colour[random other class]``, its stripes have an amplitude of
+``50 * (1 - 0.8 d)`` grey levels and it carries uniform pixel noise of amplitude ``8 + 52 d``.
+Below ``d = 0.5`` the colour alone gives the class. Above it the colour points to a wrong
+class and only the texture is right, and as ``d`` grows the stripes sink into the noise, so
+they must be integrated over ever larger receptive fields, i.e. through more layers. With
+300 SGD steps (lr 0.1, batch 64, 6,000 images) a plain ResNet-38 reached 95% validation
+accuracy and 83% on the hardest fifth; the path a SkipNet keeps when it skips every gated
+block (stem, first block, projection shortcuts) reached 89% and 55%. ``difficulty(dataset)``
+returns ``d`` for every synthetic split.
 """
 from __future__ import annotations
 
+import math
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
@@ -267,51 +270,20 @@ def _load_folders(name: str, root: str, image_size: int
 # ----------------------------------------------------------------------------- synthetic data
 
 _SIZE = 32  # synthetic images are 32x32 like CIFAR
-import json as _json
-_K = _json.loads(os.environ.get('SYNK', '{"r0":6,"r1":4,"c":80,"cd":2,"n0":8,"n1":32}'))
-_CHUNK = 1024  # samples generated at a time (fixed: part of the definition of the data)
-
-
-def _shape_mask(k: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Silhouette ``k`` on coordinates in units of the shape radius; all mirror-symmetric in u."""
-    f = np.float32
-    au, av = np.abs(u), np.abs(v)
-    r2, box = u * u + v * v, np.maximum(au, av)
-    shapes = (lambda: r2 <= f(1),                                         # disc
-              lambda: box <= f(0.8),                                      # square
-              lambda: au + av <= f(1),                                    # diamond
-              lambda: (r2 >= f(0.3)) & (r2 <= f(1)),                      # ring
-              lambda: ((au <= f(0.3)) | (av <= f(0.3))) & (box <= f(1)),  # plus
-              lambda: (np.abs(au - av) <= f(0.3)) & (box <= f(0.9)),      # x-cross
-              lambda: (v <= f(0.8)) & (v >= f(2) * au - f(1)),            # triangle, apex up
-              lambda: (v >= f(-0.8)) & (v <= f(1) - f(2) * au),           # triangle, apex down
-              lambda: (box <= f(0.9)) & (box >= f(0.5)),                  # hollow square
-              lambda: (au - f(0.55)) ** 2 + v * v <= f(0.16))             # two dots side by side
-    return shapes[k]()
-
-
-_NUM_SHAPES = 10
-import math
+_CHUNK = 1024  # samples drawn at a time (fixed: part of the definition of the data)
 _COS_STEPS = 1024
+# cos(2 pi k / steps) rounded to multiples of 2**-14, so every platform's libm gives the same table.
 _COS = np.array([round(math.cos(2 * math.pi * k / _COS_STEPS) * 16384) / 16384
                  for k in range(_COS_STEPS)], dtype=np.float32)
-_Y, _X = np.mgrid[0:_SIZE, 0:_SIZE].astype(np.float32)
-_S2 = np.float32(1 / math.sqrt(2))
-_DIRS = (_X, _Y, (_X + _Y) * _S2, (_X - _Y) * _S2)
-_GROUPS = ((0,), (1,), (2, 3), (0, 1))
-_TEX = [(g, p) for p in (5.0, 9.0, 16.0) for g in range(4)]
-
-
-def _texture(k, jitter, phase):
-    f = np.float32
-    g, p = _TEX[k]
-    out = np.zeros((len(jitter), _SIZE, _SIZE), dtype=f)
-    for dim in _GROUPS[g]:
-        cycles = _DIRS[dim][None] / (f(p) * jitter)[:, None, None] + phase[:, None, None]
-        idx = np.floor((cycles - np.floor(cycles)) * f(_COS_STEPS)).astype(np.int64) % _COS_STEPS
-        out += _COS[idx] * f(1 / len(_GROUPS[g]))
-    return out
-_MAX_SYNTHETIC_CLASSES = 2 * _NUM_SHAPES  # shapes x polarity
+_YS, _XS = np.mgrid[0:_SIZE, 0:_SIZE].astype(np.float32)
+_DIAG = np.float32(math.sqrt(0.5))  # sqrt is correctly rounded everywhere
+_AXES = (_XS, _YS, (_XS + _YS) * _DIAG, (_XS - _YS) * _DIAG)  # coordinate along each stripe normal
+# Stripe patterns, each mirror-symmetric so that horizontal flips keep the class: vertical,
+# horizontal, both diagonals (an X plaid), vertical + horizontal (a square plaid).
+_PATTERNS = ((0,), (1,), (2, 3), (0, 1))
+_PERIODS = (5.0, 9.0, 16.0)  # pixels
+_TEXTURES = tuple((pattern, period) for period in _PERIODS for pattern in _PATTERNS)
+_MAX_SYNTHETIC_CLASSES = len(_TEXTURES)
 
 
 def _synthetic_colours(num_classes: int, seed: int) -> np.ndarray:
@@ -327,6 +299,18 @@ def _synthetic_colours(num_classes: int, seed: int) -> np.ndarray:
     return candidates[chosen].astype(np.float32)
 
 
+def _texture(k: int, stretch: np.ndarray, phase: np.ndarray) -> np.ndarray:
+    """Stripes of class ``k`` in [-1, 1]: per-sample period factor and phase (B,) -> (B, H, W)."""
+    pattern, period = _TEXTURES[k]
+    out = np.zeros((len(stretch), _SIZE, _SIZE), dtype=np.float32)
+    for axis in pattern:
+        wavelength = (np.float32(period) * stretch)[:, None, None]
+        cycles = _AXES[axis][None] / wavelength + phase[:, None, None]  # (B, H, W)
+        steps = np.floor((cycles - np.floor(cycles)) * np.float32(_COS_STEPS)).astype(np.int64)
+        out += _COS[steps % _COS_STEPS] * np.float32(1 / len(pattern))
+    return out
+
+
 def _synthetic_samples(n: int, num_classes: int, seed: int, stream: int
                        ) -> tuple[Tensor, Tensor, Tensor]:
     """``n`` images (N, 3, 32, 32) uint8, labels and difficulty in [0, 1] (module docstring)."""
@@ -336,38 +320,22 @@ def _synthetic_samples(n: int, num_classes: int, seed: int, stream: int
     labels = rng.integers(0, num_classes, size=n, dtype=np.int64)
     d = rng.random(n, dtype=f)
     other = (labels + rng.integers(1, num_classes, size=n, dtype=np.int64)) % num_classes
-    radius = f(_K['r0']) + f(_K['r1']) * rng.random(n, dtype=f)
-    margin = np.ceil(radius).astype(np.int64)
-    cx = margin + rng.integers(0, 1 << 30, size=n, dtype=np.int64) % (_SIZE - 2 * margin)
-    cy = margin + rng.integers(0, 1 << 30, size=n, dtype=np.int64) % (_SIZE - 2 * margin)
-    colour = (f(1) - d)[:, None] * colours[labels] + d[:, None] * colours[other]
-    dark = colour[:, 0] + colour[:, 1] + colour[:, 2] < f(384)
-    sign = np.where(dark, f(1), f(-1))  # lighter shape on a dark background and vice versa
-    if num_classes > _NUM_SHAPES:  # polarity becomes part of the class
-        sign = np.where(labels >= _NUM_SHAPES, f(-1), f(1))
-    contrast = sign * f(_K['c']) * (f(1) - d / f(_K['cd']))  # shape contrast fades with d
-    amplitude = (f(_K['n0']) + f(_K['n1']) * d) / f(64)  # noise below is uniform in [-64, 64]
-    period_j = f(1) + f(0.16) * (rng.random(n, dtype=f) - f(0.5))
+    stretch = f(0.92) + f(0.16) * rng.random(n, dtype=f)  # period within +-8% of the class's
     phase = rng.random(n, dtype=f)
-    grid = np.arange(_SIZE, dtype=f)
+    colour = (f(1) - d)[:, None] * colours[labels] + d[:, None] * colours[other]  # (N, 3)
+    contrast = f(50) * (f(1) - f(0.8) * d)  # stripe amplitude, grey levels: 50 -> 10
+    noise = (f(8) + f(52) * d) / f(64)  # noise amplitude 8 -> 60; drawn below in [-64, 64]
     image = np.empty((n, 3, _SIZE, _SIZE), dtype=np.uint8)
-    for lo in range(0, n, _CHUNK):  # chunks keep the float temporaries in cache
+    for lo in range(0, n, _CHUNK):  # chunks keep the float temporaries small
         sl = slice(lo, lo + _CHUNK)
-        r = radius[sl, None, None]
-        u = (grid[None, None, :] - cx[sl, None, None].astype(f)) / r  # (B, 1, W)
-        v = (grid[None, :, None] - cy[sl, None, None].astype(f)) / r  # (B, H, 1)
-        u, v = np.broadcast_arrays(u, v)  # (B, H, W)
-        shape = np.zeros(u.shape, dtype=f)
-        for k in np.unique(labels[sl] % _NUM_SHAPES):
-            rows = labels[sl] % _NUM_SHAPES == k
-            if _K.get('kind') == 'grating':
-                shape[rows] = _texture(int(k), period_j[sl][rows], phase[sl][rows])
-            else:
-                shape[rows] = _shape_mask(int(k), u[rows], v[rows])
-        chunk = rng.integers(-64, 65, size=(len(shape), 3, _SIZE, _SIZE), dtype=np.int8)
+        texture = np.empty((len(labels[sl]), _SIZE, _SIZE), dtype=f)
+        for k in np.unique(labels[sl]):
+            rows = labels[sl] == k
+            texture[rows] = _texture(int(k), stretch[sl][rows], phase[sl][rows])
+        chunk = rng.integers(-64, 65, size=(len(texture), 3, _SIZE, _SIZE), dtype=np.int8)
         chunk = chunk.astype(f)
-        chunk *= amplitude[sl, None, None, None]
-        chunk += (shape * contrast[sl, None, None])[:, None]
+        chunk *= noise[sl, None, None, None]
+        chunk += (texture * contrast[sl, None, None])[:, None]  # grey stripes on every channel
         chunk += colour[sl, :, None, None]
         image[sl] = np.clip(np.rint(chunk, out=chunk), 0, 255, out=chunk)
     return torch.from_numpy(image), torch.from_numpy(labels), torch.from_numpy(d)
@@ -471,6 +439,18 @@ def _crop_flip(images: Tensor, generator: torch.Generator, pad: int = _PAD) -> T
     return padded[batch, chan, rows.view(n, 1, h, 1), cols.view(n, 1, 1, w)]  # (N, C, H, W)
 
 
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run a batch's few small ops on one thread. On a busy 2-core machine, handing a 1.5 MB op
+    to two OpenMP threads cost 65 ms per batch against 2.5 ms on one (measured)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _pinned(images: Tensor, labels: Tensor, pin_memory: bool) -> tuple[Tensor, Tensor]:
     if pin_memory and torch.cuda.is_available():
         return images.pin_memory(), labels.pin_memory()
@@ -480,10 +460,20 @@ def _pinned(images: Tensor, labels: Tensor, pin_memory: bool) -> tuple[Tensor, T
 def _memory_batches(ds: TensorImageDataset, schedule: Iterator[tuple[int, int, Tensor]],
                     seed: int, pin_memory: bool) -> Iterator[tuple[Tensor, Tensor]]:
     for iteration, _, idx in schedule:
-        images = ds.images[idx]
-        if ds.augment:
-            images = _crop_flip(images, _generator(seed, _AUG, iteration))
-        yield _pinned(_normalize(images, ds.mean, ds.std), ds.labels[idx], pin_memory)
+        with _one_thread():  # never held across the yield: the training step keeps its threads
+            images = ds.images[idx]
+            if ds.augment:
+                images = _crop_flip(images, _generator(seed, _AUG, iteration))
+            images, labels = _normalize(images, ds.mean, ds.std), ds.labels[idx]
+        yield _pinned(images, labels, pin_memory)
+
+
+def _memory_eval(ds: TensorImageDataset, batch_size: int, pin_memory: bool
+                 ) -> Iterator[tuple[Tensor, Tensor]]:
+    for start in range(0, len(ds), batch_size):
+        with _one_thread():
+            images = _normalize(ds.images[start:start + batch_size], ds.mean, ds.std)
+        yield _pinned(images, ds.labels[start:start + batch_size], pin_memory)
 
 
 def train_batches(splits: DataSplits, batch_size: int, *, seed: int = 0, start_iteration: int = 0,
@@ -507,7 +497,8 @@ def train_batches(splits: DataSplits, batch_size: int, *, seed: int = 0, start_i
     if isinstance(ds, FolderImageDataset):  # keys (index, augmentation seed) for __getitem__
         keys = ([(i, _seed(seed, _SAMPLE, epoch, i)) for i in idx.tolist()]
                 for _, epoch, idx in schedule)
-        loader = DataLoader(ds, batch_sampler=keys, num_workers=num_workers,  # type: ignore[arg-type]
+        loader = DataLoader(ds, batch_sampler=keys,  # type: ignore[arg-type]
+                            num_workers=num_workers,
                             pin_memory=pin_memory and torch.cuda.is_available())
         return iter(loader)
     raise TypeError(f"train_batches needs splits from build_splits, got {type(ds).__name__}")
@@ -518,9 +509,7 @@ def eval_batches(dataset: Dataset, batch_size: int, *, num_workers: int = 0,
     """One pass over ``dataset`` in index order, eval transforms; the last batch may be short."""
     _check_int("eval.batch_size", batch_size, 1)
     if isinstance(dataset, TensorImageDataset):
-        return (_pinned(_normalize(dataset.images[i:i + batch_size], dataset.mean, dataset.std),
-                        dataset.labels[i:i + batch_size], pin_memory)
-                for i in range(0, len(dataset), batch_size))
+        return _memory_eval(dataset, batch_size, pin_memory)
     return iter(DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                            pin_memory=pin_memory and torch.cuda.is_available()))
 
