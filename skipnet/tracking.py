@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +93,6 @@ class SearchTracker:
         return run_id
 
     def log_metrics(self, run_id: str, metrics: dict[str, Any], step: int) -> None:
-        import time
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items()
                  if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]

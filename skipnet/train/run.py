@@ -39,14 +39,13 @@ def fit(cfg: TrainConfig, *, resume: bool = False, on_step: Callable | None = No
     while not engine.done:
         metrics = engine.train(engine.stage_cfg.eval_every, progress=on_step)
         metrics.update(engine.evaluate("val"))
-        engine.save(last)
+        state = engine.state_dict()                 # computed once for last.pt and best.pt
+        atomic_save(state, last)
         # the best checkpoint is chosen within the final stage (an SP model is no HRL result)
         final_stage = engine.stage_index == len(engine.stages) - 1
         if final_stage and metrics["val_top1"] > best_top1:
             best_top1 = metrics["val_top1"]
-            state = engine.state_dict()
-            state["best_val_top1"] = best_top1
-            atomic_save(state, best)
+            atomic_save({**state, "best_val_top1": best_top1}, best)
         with open(out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(metrics) + "\n")
         if on_eval is not None:

@@ -46,9 +46,8 @@ class MLflowSearchCallback(tune.Callback):
     def _full_config(self, config: dict[str, Any]) -> dict[str, Any]:
         """The trial's whole TrainConfig (shared settings plus its sampled values)."""
         from skipnet.config import flatten, load_train_config, to_dict
-        overrides = {k: v for k, v in flatten(config).items()}
         try:
-            return to_dict(load_train_config(None, overrides, base=dict(self.base_train)))
+            return to_dict(load_train_config(None, flatten(config), base=dict(self.base_train)))
         except Exception:                       # never let bookkeeping fail a trial
             return config
 
