@@ -7,7 +7,7 @@
 # (tests/test_deploy.py checks it).
 set -e
 case "${1:-}" in
-    ""|-*|train|eval|search|resume|submit|status|logs|stop)
+    ""|-*|train|eval|search|resume|submit|status|logs|stop|pareto|export|sync-mlflow)
         exec skipnet "$@" ;;
 esac
 exec "$@"

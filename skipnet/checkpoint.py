@@ -33,6 +33,7 @@ from torch import nn
 from skipnet.errors import CheckpointError
 
 FORMAT = "skipnet-tune/1"
+_ACCEPTED = "expected a complete .pt file written by skipnet or one of the authors' .pth.tar files"
 
 
 @dataclass
@@ -91,6 +92,11 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint: no such file: {path}")
+    with open(path, "rb") as f:
+        head = f.read(262)
+    if not head.startswith((b"PK\x03\x04", b"\x80")) and head[257:262] != b"ustar":   # zip, pickle, old tar
+        raise CheckpointError(f"checkpoint {path}: not a PyTorch checkpoint (neither a zip archive nor a "
+                              f"pickle); {_ACCEPTED}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -98,10 +104,10 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         if "Weights only load failed" in str(e):
             raise CheckpointError(f"checkpoint {path}: refused: it is not weights-only (it would run "
                                   f"code or load objects other than tensors): {_unsafe_reason(e)}") from None
-        raise CheckpointError(f"checkpoint {path}: not a PyTorch checkpoint ({first})") from None
+        raise CheckpointError(f"checkpoint {path}: not a PyTorch checkpoint ({first}); {_ACCEPTED}") from None
     except Exception as e:  # torch raises many kinds on damaged files (KeyError, EOFError, ...)
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"checkpoint {path}: unreadable or truncated ({msg})") from None
+        raise CheckpointError(f"checkpoint {path}: unreadable or truncated ({msg}); {_ACCEPTED}") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {path}: expected a dict with a state_dict, got {type(obj).__name__}")
     return obj
@@ -170,7 +176,7 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, *, strict: bool =
             info.metrics["best_prec1"] = float(ckpt["best_prec1"])
     else:
         keys = ", ".join(sorted(map(str, ckpt))[:6])
-        raise CheckpointError(f"checkpoint {path}: no 'model' or 'state_dict' entry (keys: {keys})")
+        raise CheckpointError(f"checkpoint {path}: no 'model' or 'state_dict' entry (keys: {keys}); {_ACCEPTED}")
     _check_compatible(model, state, f"{path} (architecture {info.arch!r})", strict)
     model.load_state_dict(state, strict=strict)
     return info

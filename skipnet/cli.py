@@ -8,7 +8,7 @@ import argparse
 import sys
 from typing import Any, Sequence
 
-from skipnet.errors import SkipNetError
+from skipnet.errors import CheckpointError, SkipNetError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -56,7 +56,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
-    from skipnet.checkpoint import load_checkpoint, read_checkpoint
+    from skipnet.checkpoint import is_authors_layout, load_checkpoint, read_checkpoint
     from skipnet.config import DataConfig, from_dict
     from skipnet.data import build_splits
     from skipnet.flops import block_costs
@@ -64,7 +64,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from skipnet.train.engine import resolve_device
     from skipnet.train.evaluate import evaluate
 
-    ckpt = read_checkpoint(args.checkpoint)
+    try:
+        ckpt = read_checkpoint(args.checkpoint)
+        if not ("model" in ckpt or is_authors_layout(ckpt)):
+            keys = ", ".join(sorted(map(str, ckpt))[:6])
+            raise CheckpointError(f"checkpoint {args.checkpoint}: no 'model' or 'state_dict' entry (keys: {keys}); "
+                                  "expected a .pt file written by skipnet or one of the authors' .pth.tar files")
+    except CheckpointError as e:
+        raise CheckpointError(f"--checkpoint: {e}") from None
     saved = ckpt.get("config") or {}
     arch = args.arch or (ckpt.get("info") or {}).get("arch") or saved.get("model", {}).get("arch")
     if not arch:
@@ -76,12 +83,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
         data = {"name": args.data}
     if args.data_root:
         data["root"] = args.data_root
-    dc = from_dict(DataConfig, data)
+    dc = from_dict(DataConfig, data, "data")
     splits = build_splits(dc.name, dc.root, val_size=dc.val_size, seed=saved.get("seed", 0),
                           image_size=dc.image_size, synthetic_size=dc.synthetic_size,
                           synthetic_test_size=dc.synthetic_test_size)
     model = create_model(arch, num_classes=splits.num_classes)
-    load_checkpoint(model, args.checkpoint)
+    try:
+        load_checkpoint(model, args.checkpoint)
+    except CheckpointError as e:
+        raise CheckpointError(f"--checkpoint: {e}") from None
     device = resolve_device(args.device)
     model.to(device)
     costs = block_costs(model, (splits.image_size, splits.image_size))
@@ -97,7 +107,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _print_summary(summary) -> None:
-    from skipnet.tracking import ui_hint
+    from skipnet.tracking import default_tracking_uri, ui_hint
     rows = sorted(summary.trials, key=lambda r: -(r.get("objective") or r.get("val_top1") or float("-inf")))
     print(f"\nsearch {summary.search_id}: {len(rows)} trials, {summary.errors} errors")
     print(f"  {'trial':<12} {'steps':>5} {'val_top1':>8} {'comp%':>6} {'objective':>9}  config")
@@ -108,6 +118,9 @@ def _print_summary(summary) -> None:
     print(f"\nstored in {summary.path}   (continue an interrupted search: skipnet resume {summary.path})")
     print(f"MLflow parent run {summary.parent_run_id} at {summary.tracking_uri}")
     print(f"  {ui_hint(summary.tracking_uri)}")
+    uri = "" if summary.tracking_uri == default_tracking_uri() else f" --tracking-uri {summary.tracking_uri}"
+    print(f"front and best config: skipnet pareto {summary.search_id}{uri}; "
+          f"skipnet export {summary.search_id}{uri} --max-computation 50 -o best.yaml")
 
 
 def _flat(config: dict) -> dict:
@@ -158,6 +171,107 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return 0
 
 
+def _searches(client, specs: list[str]) -> list:
+    from skipnet.tracking import find_searches
+    runs, seen = [], set()
+    for spec in specs:
+        for run in find_searches(client, spec):
+            if run.info.run_id not in seen:
+                seen.add(run.info.run_id)
+                runs.append(run)
+    return runs
+
+
+def cmd_pareto(args: argparse.Namespace) -> int:
+    import tempfile
+    from pathlib import Path
+
+    from skipnet import fronts, plots, tracking
+
+    if args.output and not Path(args.output).is_dir():
+        from skipnet.errors import ConfigError
+        raise ConfigError("--output", args.output, "an existing directory")
+    client = tracking.open_store(args.tracking_uri)
+    reference = (args.reference_accuracy, args.reference_computation)
+    results = [fronts.analyse(run.data.tags.get("search_id", run.info.run_name), run.info.run_id,
+                              tracking.search_trials(client, run), reference)
+               for run in _searches(client, args.searches)]
+    with tempfile.TemporaryDirectory(prefix="skipnet-pareto-") as tmp:
+        out = Path(args.output or tmp)
+        files = [plots.front_png(results, out / "front.png"), plots.front_html(results, out / "front.html")]
+        for f in results:
+            csv = out / (f"front-{f.search_id}.csv" if len(results) > 1 else "front.csv")
+            csv.write_text(fronts.front_csv(f))
+            if not args.no_log:
+                tracking.log_front(client, f, [*files, csv])
+    for f in results:
+        print(f"\nsearch {f.search_id} (MLflow parent run {f.parent_run_id}): {len(f.trials)} trials, "
+              f"{len(f.front)} on the front")
+        print(f"  hypervolume {f.hypervolume:.1f} %^2 = {f.hypervolume_pct:.2f} % of the box from the reference "
+              f"point (accuracy {f.reference[0]:.2f} %, computation {f.reference[1]:.1f} %)")
+        print(f"  {'trial':<14} {'val_top1':>8} {'comp%':>7} {'steps':>5}  run")
+        for row in fronts.table(f):
+            print(f"  {row['trial']:<14} {row['val_top1']:>8.2f} {row['computation_pct']:>7.2f} {row['steps']:>5}"
+                  f"  {row['run_id']}{'  <- knee' if row['knee'] else ''}")
+    if not args.no_log:
+        print("\ntagged pareto=true / pareto_rank on the trials' runs; logged pareto/front.png, front.html and "
+              "the front's CSV to each parent run")
+    if args.output:
+        print(f"wrote {', '.join(p.name for p in sorted(Path(args.output).glob('front*')))} to {args.output}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import tempfile
+    from pathlib import Path
+
+    from skipnet import export, fronts, tracking
+    from skipnet.errors import ConfigError
+
+    for flag, value in (("--max-computation", args.max_computation), ("--min-accuracy", args.min_accuracy)):
+        if value is not None and not 0 < value <= 100:
+            raise ConfigError(flag, value, "a percentage in (0, 100]")
+    if not Path(args.output).resolve().parent.is_dir():
+        raise ConfigError("-o", args.output, "a file path in an existing directory")
+    client = tracking.open_store(args.tracking_uri)
+    parents = {run.info.run_id: run for run in _searches(client, [args.search])}
+    trials = [t for run in parents.values() for t in tracking.search_trials(client, run)]
+    point = fronts.select(trials, max_computation=args.max_computation, min_accuracy=args.min_accuracy,
+                          knee=args.knee, label=f"search {args.search}")
+    selected_by = ("knee of the front" if args.knee else
+                   f"most accurate at <= {args.max_computation:g} % computation" if args.max_computation is not None
+                   else f"cheapest at >= {args.min_accuracy:g} % validation top-1")
+    parent, run = parents[point.parent_run_id], client.get_run(point.run_id)
+    with tempfile.TemporaryDirectory(prefix="skipnet-export-") as tmp:
+        train_config = tracking.download_train_config(client, point.run_id, tmp)
+    has_checkpoint = bool(client.list_artifacts(point.run_id, "checkpoint"))
+    doc = export.export_document(
+        point, train_config, selected_by=selected_by, experiment=tracking.experiment_name(client, parent),
+        tracking_uri=tracking.resolve_uri(args.tracking_uri),
+        checkpoint_uri=f"{run.info.artifact_uri}/checkpoint" if has_checkpoint else None,
+        code_version=parent.data.tags.get("skipnet.version") or tracking.code_version(),
+        scheduler=run.data.tags.get("scheduler"))
+    if args.register:
+        doc[export.EXPORT_KEY]["registered_model"] = export.register(client, point, args.register, args.alias)
+    path = export.write_export(doc, args.output)
+    print(f"trial {point.trial_id} of {point.search_id} ({selected_by}): val top1 {point.accuracy:.2f} %, "
+          f"computation {point.computation:.2f} %  -> {path}")
+    if args.register:
+        print(f"registered as {doc[export.EXPORT_KEY]['registered_model']['uri']}")
+    print(f"reproduce it: skipnet train --config {path}")
+    return 0
+
+
+def cmd_sync_mlflow(args: argparse.Namespace) -> int:
+    from skipnet.tune.runner import sync_mlflow
+    counts = sync_mlflow(args.path)
+    if any(counts.values()):
+        print("MLflow updated: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items()))
+    else:
+        print("MLflow already holds everything Tune's storage has for this search")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="skipnet", description="Train, evaluate and search SkipNet models.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -203,6 +317,32 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("job_id")
         p.add_argument("--address", required=True, help="Ray dashboard URL")
         p.set_defaults(func=fn)
+
+    p = sub.add_parser("pareto", help="accuracy/computation fronts of searches, from MLflow")
+    p.add_argument("searches", nargs="+", metavar="SEARCH",
+                   help="MLflow parent run id, search id or experiment name (several: compared)")
+    p.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
+    p.add_argument("--reference-accuracy", type=float, help="hypervolume reference accuracy %% (default: chance)")
+    p.add_argument("--reference-computation", type=float, help="hypervolume reference computation %% (default: 100)")
+    p.add_argument("--output", help="also write the plots and CSVs into this directory")
+    p.add_argument("--no-log", action="store_true", help="do not tag runs or log artifacts to MLflow")
+    p.set_defaults(func=cmd_pareto)
+
+    p = sub.add_parser("export", help="write the training config of a search's chosen trial")
+    p.add_argument("search", metavar="SEARCH", help="MLflow parent run id, search id or experiment name")
+    pick = p.add_mutually_exclusive_group(required=True)
+    pick.add_argument("--max-computation", type=float, metavar="PCT", help="most accurate trial at or under PCT %%")
+    pick.add_argument("--min-accuracy", type=float, metavar="PCT", help="cheapest trial at or above PCT %% top-1")
+    pick.add_argument("--knee", action="store_true", help="the knee of the front")
+    p.add_argument("-o", "--output", required=True, help="the YAML file to write (e.g. best.yaml)")
+    p.add_argument("--register", metavar="NAME", help="also register the checkpoint as MLflow model NAME")
+    p.add_argument("--alias", default="best", help="alias of the registered version (default: best)")
+    p.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("sync-mlflow", help="copy into MLflow what a search's Tune storage holds and MLflow lacks")
+    p.add_argument("path", help="the search directory printed by skipnet search")
+    p.set_defaults(func=cmd_sync_mlflow)
     return parser
 
 

@@ -27,13 +27,18 @@ def _client(address: str):
         return JobSubmissionClient(address)
     except Exception as e:   # connection refused, auth failure, wrong port: one line for the user
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise SkipNetError(f"--address: cannot reach the Ray Jobs API at {address}: {msg}") from None
+        raise SkipNetError(f"--address: cannot reach the Ray Jobs API at {address}: {msg} "
+                           f"(expected the dashboard URL of a running cluster, e.g. http://HEAD:8265)") from None
 
 
 def submit(experiment: str, address: str, *, working_dir: str = ".", overrides: list[str] | None = None) -> str:
     """Submit ``skipnet search`` of ``experiment`` (a path inside ``working_dir``); the job id."""
+    from skipnet.config import parse_overrides
     from skipnet.tune.experiment import load_experiment
-    load_experiment(experiment)                       # refuse a bad file before touching the cluster
+    from skipnet.tune.runner import build_scheduler, load_space
+    exp = load_experiment(experiment, parse_overrides(overrides))   # refuse bad input before touching the cluster
+    load_space(exp)
+    build_scheduler(exp)
     rel = os.path.relpath(Path(experiment).resolve(), Path(working_dir).resolve())
     if rel.startswith(".."):
         raise ConfigError("EXPERIMENT", experiment, f"a file inside the uploaded working directory {working_dir}")

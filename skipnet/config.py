@@ -98,6 +98,7 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True                 # automatic mixed precision on CUDA (ignored on CPU)
     channels_last: bool = True       # on CUDA (ignored on CPU)
+    threads: int | None = None       # CPU threads of torch (None: its default); results match bitwise only at equal counts
     output_dir: str = "runs/train"
 
     def validate(self) -> "TrainConfig":
@@ -127,14 +128,33 @@ class TrainConfig:
         _positive("eval.batch_size", self.eval.batch_size)
         if self.data.val_size is not None and self.data.val_size < 1:
             raise ConfigError("data.val_size", self.data.val_size, "a positive integer (validation selects models)")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError("threads", self.threads, "a positive integer or null (torch's default)")
         if self.data.num_workers < 0:
             raise ConfigError("data.num_workers", self.data.num_workers, "an integer >= 0")
+        _check_model(self.model)
         return self
 
 
 def _positive(key: str, value: float) -> None:
     if not value > 0:
         raise ConfigError(key, value, "a number > 0")
+
+
+def _check_model(model: ModelConfig) -> None:
+    """The architecture is registered and the gate kind known (before any data or file is touched)."""
+    import difflib
+
+    from skipnet.models import list_models
+    from skipnet.models.gates import parse_gate_kind
+    names = list_models(include_aliases=True)
+    if model.arch not in names:
+        close = difflib.get_close_matches(model.arch, names, n=3, cutoff=0.6)
+        hint = f"did you mean {', '.join(close)}?" if close else \
+            "e.g. cifar10_rnn_gate_110, cifar10_resnet_110 or imagenet_rnn_gate_rl_101; skipnet.list_models() lists all"
+        raise ConfigError("model.arch", model.arch, f"a registered architecture ({hint})")
+    if model.gate is not None:
+        parse_gate_kind(model.gate)          # ConfigError naming model.gate and the accepted kinds
 
 
 # -- generic dict -> dataclass validation ---------------------------------------------------
@@ -256,11 +276,13 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
     return out
 
 
-def read_yaml(path: str | Path) -> dict:
-    """A YAML mapping from ``path``; a missing file or bad YAML is a one-line ConfigError."""
+def read_yaml(path: str | Path, key: str = "--config") -> dict:
+    """A YAML mapping from ``path``; a missing file or bad YAML is a one-line ConfigError.
+
+    ``key`` names the argument or setting that gave the path, for the missing-file error."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError("--config", str(path), "an existing YAML file")
+        raise ConfigError(key, str(path), "an existing YAML file")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
@@ -279,6 +301,7 @@ def load_train_config(path: str | Path | None = None, overrides: dict[str, Any] 
                       base: dict | None = None) -> TrainConfig:
     """``TrainConfig`` from a YAML file (or ``base`` dict) plus dotted overrides, validated."""
     data = read_yaml(path) if path is not None else dict(base or {})
+    data.pop("export", None)          # what skipnet export records about a trial; not a setting
     for key, value in (overrides or {}).items():
         set_dotted(data, key, value)
     try:

@@ -2,15 +2,23 @@
 
 Talks to MLflow through ``MlflowClient`` only (no global active run), so it works the same
 against the embedded SQLite store and a remote tracking server, where artifacts are uploaded
-through the server. Child runs are found again by their ``trial_id`` tag: a resumed search
-reuses them, never duplicates them. Only the trial's config is logged as params: nothing from
-the environment reaches MLflow.
+through the server. Child runs are found again by their ``trial_id`` tag: a resumed search or a
+``sync-mlflow`` reuses them, never duplicates them. Only the trial's config is logged as params:
+nothing from the environment reaches MLflow.
+
+Reading back: ``open_store`` checks the store before anything is created, ``find_searches``
+resolves what a user names (parent run id, search id or experiment name) and ``search_trials``
+returns each trial's last reported point, which ``skipnet pareto`` and ``skipnet export`` use.
 """
 from __future__ import annotations
 
 import math
 import os
+import re
+import subprocess
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +26,13 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from skipnet.config import flatten
+from skipnet.errors import ConfigError, SkipNetError
+from skipnet.fronts import TrialPoint
 
 DEFAULT_DB = "mlflow.db"
+TRAIN_CONFIG_ARTIFACT = "train_config.yaml"
+CHECKPOINT_ARTIFACT = "checkpoint"
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 def default_tracking_uri() -> str:
@@ -27,10 +40,59 @@ def default_tracking_uri() -> str:
     return f"sqlite:///{Path.cwd() / DEFAULT_DB}"
 
 
+def resolve_uri(uri: str | None) -> str:
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+
+
 def ui_hint(uri: str) -> str:
     if uri.startswith("sqlite:"):
         return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000   # then open http://127.0.0.1:5000"
     return f"open {uri} in a browser"
+
+
+def server_reachable(uri: str, timeout: float = 3.0) -> bool:
+    """True if ``uri`` is not a server, or the server answers ``/health`` within ``timeout``."""
+    if not uri.startswith(("http://", "https://")):
+        return True
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as r:
+            return r.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def check_store(uri: str, *, field: str = "mlflow.tracking_uri", must_exist: bool = False) -> None:
+    """Fail in one line, before anything is written, if the store cannot be used.
+
+    A server must answer; a SQLite file must exist when reading (``must_exist``), since
+    opening a missing one would create an empty store.
+    """
+    if uri.startswith(("http://", "https://")):
+        if not server_reachable(uri):
+            raise ConfigError(field, uri, "the URL of a running MLflow tracking server (no answer from its /health)")
+    elif uri.startswith("sqlite:///") and must_exist and not Path(uri[len("sqlite:///"):]).is_file():
+        raise ConfigError(field, uri, "an existing MLflow SQLite store (run a search first, or name the store)")
+
+
+def open_store(uri: str | None, *, field: str = "--tracking-uri") -> MlflowClient:
+    """A client of an existing store (for reading searches back)."""
+    uri = resolve_uri(uri)
+    check_store(uri, field=field, must_exist=True)
+    return MlflowClient(tracking_uri=uri)
+
+
+def code_version() -> str:
+    """The package version, plus the git commit when run from a checkout (``+dirty`` if edited)."""
+    from skipnet import __version__
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,
+                                text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+    return f"{__version__}+g{commit}{'.dirty' if dirty else ''}" if commit else __version__
 
 
 def _param_value(v: Any) -> str:
@@ -42,7 +104,8 @@ class SearchTracker:
     """Parent and child runs of one search in one MLflow experiment."""
 
     def __init__(self, tracking_uri: str | None, experiment_name: str) -> None:
-        self.uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+        self.uri = resolve_uri(tracking_uri)
+        check_store(self.uri)
         self.client = MlflowClient(tracking_uri=self.uri)
         existing = self.client.get_experiment_by_name(experiment_name)
         self.experiment_id = existing.experiment_id if existing else self.client.create_experiment(experiment_name)
@@ -58,7 +121,8 @@ class SearchTracker:
             self.client.update_run(parent_run_id, status="RUNNING")
             return parent_run_id
         run = self.client.create_run(self.experiment_id, run_name=search_id,
-                                     tags={"search_id": search_id, "skipnet.kind": "search"})
+                                     tags={"search_id": search_id, "skipnet.kind": "search",
+                                           "skipnet.version": code_version()})
         self.parent_run_id = run.info.run_id
         params = [Param(k, _param_value(v)) for k, v in flatten({"experiment": spec}).items()]
         for i in range(0, len(params), 100):
@@ -72,25 +136,35 @@ class SearchTracker:
             self.client.set_terminated(self.parent_run_id, status=status)
 
     # -- children -----------------------------------------------------------------------------
-    def child_run(self, trial_id: str, config: dict[str, Any], tags: dict[str, str]) -> str:
-        """The child run of ``trial_id``: found by tag if it exists (resume), else created."""
+    def find_child(self, trial_id: str) -> str | None:
         if trial_id in self._children:
             return self._children[trial_id]
         found = self.client.search_runs(
             [self.experiment_id], max_results=1,
             filter_string=f"tags.trial_id = '{trial_id}' and tags.`mlflow.parentRunId` = '{self.parent_run_id}'")
         if found:
-            run_id = found[0].info.run_id
-            self.client.update_run(run_id, status="RUNNING")
-        else:
-            run = self.client.create_run(self.experiment_id, run_name=trial_id,
-                                         tags={"mlflow.parentRunId": self.parent_run_id, "trial_id": trial_id, **tags})
-            run_id = run.info.run_id
-            params = [Param(k, _param_value(v)) for k, v in flatten(config).items()]
-            for i in range(0, len(params), 100):
-                self.client.log_batch(run_id, params=params[i:i + 100])
+            self._children[trial_id] = found[0].info.run_id
+        return self._children.get(trial_id)
+
+    def child_run(self, trial_id: str, config: dict[str, Any], tags: dict[str, str]) -> str:
+        """The child run of ``trial_id``: found by tag if it exists (resume), else created with
+        the trial's whole training config as params and as ``train_config.yaml``."""
+        run_id = self.find_child(trial_id)
+        if run_id is not None:
+            return run_id
+        run = self.client.create_run(self.experiment_id, run_name=trial_id,
+                                     tags={"mlflow.parentRunId": self.parent_run_id, "trial_id": trial_id, **tags})
+        run_id = run.info.run_id
+        params = [Param(k, _param_value(v)) for k, v in flatten(config).items()]
+        for i in range(0, len(params), 100):
+            self.client.log_batch(run_id, params=params[i:i + 100])
+        self.client.log_dict(run_id, config, TRAIN_CONFIG_ARTIFACT)
         self._children[trial_id] = run_id
         return run_id
+
+    def logged_steps(self, run_id: str) -> set[int]:
+        """Steps whose result is in MLflow (every result carries ``training_iteration``)."""
+        return {m.step for m in self.client.get_metric_history(run_id, "training_iteration")}
 
     def log_metrics(self, run_id: str, metrics: dict[str, Any], step: int) -> None:
         now = int(time.time() * 1000)
@@ -105,10 +179,102 @@ class SearchTracker:
         self.client.set_terminated(run_id, status=status)
 
     def log_checkpoint(self, run_id: str, directory: str | os.PathLike) -> None:
-        """Upload a checkpoint directory as the run's ``checkpoint`` artifact (through the server)."""
-        self.client.log_artifacts(run_id, str(directory), artifact_path="checkpoint")
+        """Upload a checkpoint directory as the run's ``checkpoint`` artifact (through the server)
+        and remember where Tune keeps it (tag ``checkpoint_path``)."""
+        self.client.log_artifacts(run_id, str(directory), artifact_path=CHECKPOINT_ARTIFACT)
+
+    def has_checkpoint(self, run_id: str) -> bool:
+        return bool(self.client.list_artifacts(run_id, CHECKPOINT_ARTIFACT))
 
     def children(self) -> list:
         return self.client.search_runs([self.experiment_id],
                                        filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_run_id}'",
                                        max_results=10000)
+
+
+# -- reading searches back ----------------------------------------------------------------------
+def find_searches(client: MlflowClient, spec: str) -> list:
+    """Parent runs named by ``spec``: a parent run id, a search id (``quickstart-20261125-...``)
+    or an MLflow experiment name (all of its searches)."""
+    if _RUN_ID.match(spec):
+        try:
+            run = client.get_run(spec)
+        except Exception:
+            run = None
+        if run is not None and run.data.tags.get("skipnet.kind") == "search":
+            return [run]
+    experiments = client.search_experiments(max_results=1000)
+    ids = [e.experiment_id for e in experiments]
+    if ids:
+        runs = client.search_runs(ids, filter_string=f"tags.search_id = '{spec}' and tags.`skipnet.kind` = 'search'")
+        if runs:
+            return runs
+    experiment = client.get_experiment_by_name(spec)
+    if experiment is not None:
+        runs = client.search_runs([experiment.experiment_id], filter_string="tags.`skipnet.kind` = 'search'",
+                                  order_by=["attributes.start_time ASC"])
+        if runs:
+            return runs
+    names = sorted(e.name for e in experiments)
+    raise ConfigError("SEARCH", spec, "an MLflow parent run id, a search id or an experiment name holding "
+                                      f"searches (experiments here: {', '.join(names) or 'none'})")
+
+
+def search_trials(client: MlflowClient, parent) -> list[TrialPoint]:
+    """Each trial of a search at its last reported step (what its checkpoint holds)."""
+    runs = client.search_runs([parent.info.experiment_id], max_results=10000,
+                              filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    search_id = parent.data.tags.get("search_id", parent.info.run_name)
+    points = []
+    for run in runs:
+        m = run.data.metrics
+        nan = float("nan")
+        points.append(TrialPoint(
+            run_id=run.info.run_id, trial_id=run.data.tags.get("trial_id", run.info.run_name),
+            search_id=search_id, parent_run_id=parent.info.run_id,
+            accuracy=m.get("val_top1", nan), computation=m.get("val_computation_pct", nan),
+            steps=int(m.get("training_iteration", 0)), iteration=int(m.get("iteration", 0)),
+            num_classes=int(m["num_classes"]) if "num_classes" in m else None,
+            status=run.data.tags.get("tune_status", run.info.status.lower()),
+            checkpoint_path=run.data.tags.get("checkpoint_path"),
+            config={k: v for k, v in run.data.params.items()},
+            metrics=dict(m)))
+    return sorted(points, key=lambda p: p.trial_id)
+
+
+def tag_ranks(client: MlflowClient, points: list[TrialPoint], ranks) -> None:
+    """``pareto=true|false`` and ``pareto_rank`` (0 = the front) on every trial's run."""
+    for point, rank in zip(points, ranks):
+        rank = int(rank)
+        on_front = rank == 0
+        tags = [RunTag("pareto", str(on_front).lower()),
+                RunTag("pareto_rank", "" if rank > 10**9 else str(rank))]
+        client.log_batch(point.run_id, tags=tags)
+
+
+def log_front(client: MlflowClient, front, files: list[Path]) -> None:
+    """Tag the search's trials with their rank and log the plots, the CSV and the front's size
+    and hypervolume to its parent run."""
+    tag_ranks(client, front.trials, front.rank)
+    for path in files:
+        client.log_artifact(front.parent_run_id, str(path), artifact_path="pareto")
+    now = int(time.time() * 1000)
+    client.log_batch(front.parent_run_id, metrics=[
+        Metric("pareto_hypervolume", float(front.hypervolume), now, 0),
+        Metric("pareto_hypervolume_pct", float(front.hypervolume_pct), now, 0),
+        Metric("pareto_front_size", float(len(front.front)), now, 0)])
+
+
+def experiment_name(client: MlflowClient, parent) -> str:
+    return client.get_experiment(parent.info.experiment_id).name
+
+
+def download_train_config(client: MlflowClient, run_id: str, directory: str | os.PathLike) -> dict:
+    import yaml
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")     # one file: no progress bar
+    try:
+        path = client.download_artifacts(run_id, TRAIN_CONFIG_ARTIFACT, str(directory))
+    except Exception as e:
+        raise SkipNetError(f"run {run_id} has no {TRAIN_CONFIG_ARTIFACT} artifact ({e.__class__.__name__}): "
+                           "was it logged by skipnet search?") from None
+    return yaml.safe_load(Path(path).read_text())

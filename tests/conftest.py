@@ -19,39 +19,55 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class MLflowServer:
+    """``mlflow server`` on 127.0.0.1 with a SQLite backend and artifacts served by the server.
+    ``stop()`` and ``start()`` again keep the same port, database and artifacts."""
+
+    def __init__(self, root, port: int | None = None):
+        self.root, self.port = root, port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.artifacts = root / "artifacts"
+        self.proc = None
+
+    def start(self, timeout: float = 180) -> "MLflowServer":
+        import subprocess
+        import sys
+        import time
+        import urllib.request
+        self.log = open(self.root / "server.log", "a")
+        self.proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
+                                      f"sqlite:///{self.root}/mlflow.db", "--artifacts-destination", str(self.artifacts),
+                                      "--host", "127.0.0.1", "--port", str(self.port)],
+                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"mlflow server did not start: {(self.root / 'server.log').read_text()[-2000:]}")
+            time.sleep(1)
+
+    def stop(self) -> None:
+        import signal
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=30)
+        if self.proc is not None:
+            self.log.close()
+        self.proc = None
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
     """A real MLflow tracking server on 127.0.0.1 (SQLite backend, artifacts served by the
     server), started once per test session: it needs about 30 s to come up."""
-    import signal
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    log = open(root / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
-                             f"sqlite:///{root}/mlflow.db", "--artifacts-destination", str(root / "artifacts"),
-                             "--host", "127.0.0.1", "--port", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            raise RuntimeError(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
-        time.sleep(1)
-    yield {"url": url, "artifacts": root / "artifacts"}
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(timeout=30)
-    log.close()
+    server = MLflowServer(tmp_path_factory.mktemp("mlflow-server")).start()
+    yield {"url": server.url, "artifacts": server.artifacts}
+    server.stop()
 
 
 @pytest.fixture(scope="module")

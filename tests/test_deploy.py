@@ -131,7 +131,7 @@ def test_dockerfile_base_image_install_and_user():
 
 def test_entrypoint_dispatches_every_subcommand():
     """docker/entrypoint.sh prepends `skipnet` to subcommands; its list must equal the CLI's."""
-    m = re.search(r'""\|-\*\|([\w|]+)\)', _read(ENTRYPOINT))
+    m = re.search(r'""\|-\*\|([\w|-]+)\)', _read(ENTRYPOINT))
     assert m, "entrypoint.sh: case pattern of subcommands not found"
     assert set(m.group(1).split("|")) == subcommands()
     assert "/docker/entrypoint.sh" in dict(dockerfile_instructions()).get("ENTRYPOINT", ""), \

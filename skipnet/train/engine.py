@@ -85,7 +85,10 @@ class Engine:
             if load_init and cfg.stage == "hrl":
                 if not cfg.hrl.init_checkpoint:
                     raise ConfigError("hrl.init_checkpoint", None, "the path of an SP checkpoint for stage hrl")
-                load_checkpoint(self.model, cfg.hrl.init_checkpoint)
+                try:
+                    load_checkpoint(self.model, cfg.hrl.init_checkpoint)
+                except CheckpointError as e:
+                    raise CheckpointError(f"hrl.init_checkpoint: {e}") from None
         elif self.model.gate_spec is not None:
             self.model.mode = GateMode(cfg.model.mode)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=sc.lr, momentum=sc.momentum,

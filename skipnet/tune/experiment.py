@@ -99,6 +99,10 @@ class ExperimentConfig:
             load_train_config(None, base=dict(self.train))    # the shared training config must be valid
         except ConfigError as e:
             raise ConfigError(f"train.{e.path}", e.value, e.accepted) from None
+        for key, name in (("search_space", self.search_space), ("scheduler.mutations", self.scheduler.mutations)):
+            if isinstance(name, str) and not Path(self.resolve(name)).is_file():
+                raise ConfigError(key, name, f"an existing search-space YAML file (relative paths: to the "
+                                             f"working directory, {self.base_dir} or its parent)")
         return self
 
     def base_train(self) -> dict[str, Any]:
@@ -121,7 +125,7 @@ class ExperimentConfig:
 def load_experiment(path: str | Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
     """Read and validate an experiment file; ``overrides`` are dotted keys (``num_samples``...)."""
     from skipnet.config import set_dotted
-    data = read_yaml(path)
+    data = read_yaml(path, key="EXPERIMENT")
     for key, value in (overrides or {}).items():
         set_dotted(data, key, value)
     data.setdefault("base_dir", str(Path(path).resolve().parent))

@@ -2,29 +2,40 @@
 
 Runs in the driver. Per trial: a child run on start (found again on resume), every result as
 metrics at step ``training_iteration`` (steps already logged are skipped, so a resumed search
-repeats none), and on completion the status, a ``stopped_early`` tag and the best checkpoint as
-an artifact.
+repeats none), and on completion the status, a ``stopped_early`` tag and the trial's last
+checkpoint (the model its last metrics describe) as an artifact.
+
+MLflow is a mirror, never a dependency of the search: if the tracking server stops answering,
+the callback says so once, stops calling it (a short ``/health`` probe every ``retry_s``
+seconds decides when to try again) and the search goes on; Tune's own storage keeps every
+result, and ``skipnet sync-mlflow`` copies what MLflow missed.
 """
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from ray import tune
 
-from skipnet.tracking import SearchTracker
+from skipnet.tracking import SearchTracker, server_reachable
 
 log = logging.getLogger(__name__)
 
 
 class MLflowSearchCallback(tune.Callback):
     def __init__(self, tracking_uri: str | None, experiment_name: str, parent_run_id: str,
-                 tags: dict[str, str], max_steps: int, base_train: dict[str, Any] | None = None) -> None:
+                 tags: dict[str, str], max_steps: int, base_train: dict[str, Any] | None = None,
+                 search_path: str | None = None, retry_s: float = 30.0) -> None:
         self.tracking_uri, self.experiment_name = tracking_uri, experiment_name
         self.base_train = base_train or {}
         self.parent_run_id, self.tags, self.max_steps = parent_run_id, tags, max_steps
+        self.search_path, self.retry_s = search_path, retry_s
         self._tracker: SearchTracker | None = None
         self._last_step: dict[str, int] = {}
+        self._offline_since: float | None = None
+        self._last_probe = 0.0
+        self.missed = 0                                  # events not mirrored while MLflow was down
 
     @property
     def tracker(self) -> SearchTracker:
@@ -33,28 +44,53 @@ class MLflowSearchCallback(tune.Callback):
             self._tracker.parent_run_id = self.parent_run_id
         return self._tracker
 
+    # -- MLflow outages -----------------------------------------------------------------------
+    def _mirror(self, what: str, fn, *args) -> None:
+        """Run ``fn`` unless MLflow is known to be down; a failure marks it down.
+
+        A server is probed first (2 s at most), so a stopped server costs seconds, not the
+        MLflow client's minutes of retries."""
+        if self._offline_since is not None:
+            now = time.monotonic()
+            if now - self._last_probe < self.retry_s or not server_reachable(self.tracker_uri, timeout=2.0):
+                self._last_probe = now
+                self.missed += 1
+                return
+            log.warning("MLflow answers again; results missed meanwhile: skipnet sync-mlflow %s", self.search_path)
+            self._offline_since = None
+        try:
+            if not server_reachable(self.tracker_uri, timeout=2.0):
+                raise ConnectionError(f"no answer from {self.tracker_uri}/health")
+            fn(*args)
+        except Exception as e:                       # never let bookkeeping fail the search
+            self.missed += 1
+            self._offline_since = self._last_probe = time.monotonic()
+            log.warning("MLflow unreachable (%s while logging %s): the search goes on and Tune's storage keeps "
+                        "every result; afterwards run: skipnet sync-mlflow %s", e.__class__.__name__, what,
+                        self.search_path)
+
+    @property
+    def tracker_uri(self) -> str:
+        from skipnet.tracking import resolve_uri
+        return resolve_uri(self.tracking_uri)
+
+    # -- Tune hooks ---------------------------------------------------------------------------
     def _run(self, trial) -> str:
         config = trial.config
         tags = dict(self.tags, trial_id=trial.trial_id,
                     gate=str(_get(config, "model.gate") or self.tags.get("gate", "")))
-        run_id = self.tracker.child_run(trial.trial_id, self._full_config(config), tags)
+        run_id = self.tracker.child_run(trial.trial_id, full_train_config(config, self.base_train), tags)
         if run_id not in self._last_step:
-            history = self.tracker.client.get_metric_history(run_id, "training_iteration")
-            self._last_step[run_id] = max((m.step for m in history), default=0)
+            self._last_step[run_id] = max(self.tracker.logged_steps(run_id), default=0)
         return run_id
 
-    def _full_config(self, config: dict[str, Any]) -> dict[str, Any]:
-        """The trial's whole TrainConfig (shared settings plus its sampled values)."""
-        from skipnet.config import flatten, load_train_config, to_dict
-        try:
-            return to_dict(load_train_config(None, flatten(config), base=dict(self.base_train)))
-        except Exception:                       # never let bookkeeping fail a trial
-            return config
-
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        self._run(trial)
+        self._mirror("a trial start", self._run, trial)
 
     def on_trial_result(self, iteration, trials, trial, result: dict[str, Any], **info) -> None:
+        self._mirror("a result", self._log_result, trial, result)
+
+    def _log_result(self, trial, result: dict[str, Any]) -> None:
         run_id = self._run(trial)
         step = int(result.get("training_iteration", 0))
         if step <= self._last_step.get(run_id, 0):
@@ -63,36 +99,47 @@ class MLflowSearchCallback(tune.Callback):
         self._last_step[run_id] = step
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._mirror("a trial end", self._complete, trial)
+
+    def _complete(self, trial) -> None:
         run_id = self._run(trial)
-        last = trial.last_result or {}
-        stopped = int(last.get("training_iteration", 0)) < self.max_steps and not last.get("engine_done")
-        self._log_best_checkpoint(run_id, trial)
-        self.tracker.end_child(run_id, "FINISHED", {"stopped_early": str(stopped).lower(),
-                                                    "tune_status": "stopped" if stopped else "completed"})
-
-    def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self.tracker.end_child(self._run(trial), "FAILED", {"tune_status": "error"})
-
-    def on_experiment_end(self, trials, **info) -> None:
-        if self._tracker is not None:
-            self.tracker.end_search("FINISHED")
-
-    def _log_best_checkpoint(self, run_id: str, trial) -> None:
-        manager = getattr(getattr(trial, "run_metadata", None), "checkpoint_manager", None)
-        best = getattr(manager, "best_checkpoint_result", None) if manager else None
-        checkpoint = best.checkpoint if best is not None else trial.checkpoint
-        if checkpoint is None:
-            return
-        try:
+        tags = completion_tags(trial.last_result or {}, self.max_steps)
+        checkpoint = trial.checkpoint                # the latest: the model the last metrics describe
+        if checkpoint is not None:
+            tags["checkpoint_path"] = checkpoint.path
             with checkpoint.as_directory() as directory:
                 self.tracker.log_checkpoint(run_id, directory)
-        except Exception as e:   # a missing artifact must not fail the search; Tune storage keeps it
-            log.warning("could not log the checkpoint of %s to MLflow: %s", trial.trial_id, e)
+        self.tracker.end_child(run_id, "FINISHED", tags)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._mirror("a trial error", lambda: self.tracker.end_child(self._run(trial), "FAILED",
+                                                                     {"tune_status": "error"}))
+
+    def on_experiment_end(self, trials, **info) -> None:
+        self._mirror("the search end", self.tracker.end_search, "FINISHED")
+        if self.missed:
+            log.warning("MLflow missed %d events of this search: run skipnet sync-mlflow %s", self.missed,
+                        self.search_path)
 
     def __getstate__(self):                          # Tune pickles callbacks into its experiment state
         state = dict(self.__dict__)
         state["_tracker"] = None
         return state
+
+
+def full_train_config(config: dict[str, Any], base_train: dict[str, Any]) -> dict[str, Any]:
+    """The trial's whole TrainConfig (shared settings plus its sampled values) as a dict."""
+    from skipnet.config import flatten, load_train_config, to_dict
+    try:
+        return to_dict(load_train_config(None, flatten(config), base=dict(base_train)))
+    except Exception:                       # never let bookkeeping fail a trial
+        return config
+
+
+def completion_tags(last_result: dict[str, Any], max_steps: int) -> dict[str, str]:
+    """``stopped_early`` and ``tune_status`` of a trial that ended normally."""
+    stopped = int(last_result.get("training_iteration", 0)) < max_steps and not last_result.get("engine_done")
+    return {"stopped_early": str(stopped).lower(), "tune_status": "stopped" if stopped else "completed"}
 
 
 def _get(config: dict, dotted: str):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +46,13 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     if address or os.environ.get("RAY_ADDRESS"):       # a cluster (inside a Ray job: RAY_ADDRESS)
-        ray.init(address=address or None, log_to_driver=True)
+        check_ray_address(address)
+        try:
+            ray.init(address=address or None, log_to_driver=True)
+        except (ConnectionError, RuntimeError, ValueError) as e:   # Ray's own refusal, in one line
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError("--address" if address else "RAY_ADDRESS", address or os.environ.get("RAY_ADDRESS"),
+                              f"the address of a running Ray cluster ({first})") from None
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
@@ -54,13 +61,41 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=True)
 
 
+_ADDRESSES = "auto, HOST:PORT (the head's GCS port, 6379 by default) or ray://HOST:PORT (Ray Client, 10001)"
+
+
+def check_ray_address(address: str | None, timeout: float = 3.0) -> None:
+    """Refuse a malformed ``address`` and fail in seconds when nothing listens there.
+
+    ``auto``, ``local`` and other schemes (Ray Client plug-ins) are left to Ray; a
+    dashboard URL (``http://HEAD:8265``) is for ``skipnet submit``, not for a search.
+    """
+    if not address or address in ("auto", "local"):
+        return
+    if address.startswith(("http://", "https://")):
+        raise ConfigError("--address", address, f"{_ADDRESSES}; a dashboard URL is for skipnet submit")
+    hostport = address[len("ray://"):] if address.startswith("ray://") else address
+    if "://" in hostport:
+        return
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError("--address", address, _ADDRESSES)
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as e:
+        reason = e.strerror or str(e) or type(e).__name__
+        raise ConfigError("--address", address, f"the address of a running Ray cluster: {_ADDRESSES} "
+                                                f"(connecting failed: {reason})") from None
+
+
 def load_space(exp: ExperimentConfig) -> SearchSpace:
     if isinstance(exp.search_space, str):
         return SearchSpace.from_yaml(exp.resolve(exp.search_space))
     return SearchSpace.from_dict(exp.search_space, source="search_space")
 
 
-def _scheduler(exp: ExperimentConfig):
+def build_scheduler(exp: ExperimentConfig):
+    """The Tune scheduler the experiment names (raises ConfigError on a bad PBT mutations file)."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
 
     from skipnet.tune.moasha import MOASHA
@@ -130,11 +165,12 @@ def build_tuner(exp: ExperimentConfig, search_id: str, parent_run_id: str, track
     search_alg, param_space = _search(exp, space)
     metric, mode = _metric_mode(exp)
     callback = MLflowSearchCallback(tracking_uri, exp.mlflow.experiment_name, parent_run_id,
-                                    _tags(exp, search_id), exp.budget.max_steps, exp.base_train())
+                                    _tags(exp, search_id), exp.budget.max_steps, exp.base_train(),
+                                    search_path=_search_path(exp, search_id))
     score = exp.scheduler.metric
     return tune.Tuner(
         _trainable(exp), param_space=param_space,
-        tune_config=tune.TuneConfig(metric=metric, mode=mode, scheduler=_scheduler(exp), search_alg=search_alg,
+        tune_config=tune.TuneConfig(metric=metric, mode=mode, scheduler=build_scheduler(exp), search_alg=search_alg,
                                     num_samples=exp.num_samples, max_concurrent_trials=exp.max_concurrent_trials,
                                     reuse_actors=True),
         run_config=tune.RunConfig(
@@ -151,7 +187,8 @@ def run_search(exp: ExperimentConfig, *, address: str | None = None) -> SearchSu
     """Run the experiment to the end; trials land in MLflow under one parent run."""
     from skipnet.tracking import SearchTracker
     space = load_space(exp)                        # fail on a bad space before starting anything
-    _scheduler(exp)
+    build_scheduler(exp)
+    check_ray_address(address)                     # an unreachable cluster: fail before MLflow and files
     search_id = f"{exp.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     tracker = SearchTracker(exp.mlflow.tracking_uri, exp.mlflow.experiment_name)
     parent = tracker.start_search(search_id, to_dict(exp), space.to_dict())
@@ -166,11 +203,7 @@ def run_search(exp: ExperimentConfig, *, address: str | None = None) -> SearchSu
 def resume_search(path: str, *, address: str | None = None) -> SearchSummary:
     """Continue the interrupted search stored at ``path`` (the directory ``run_search`` printed)."""
     from ray import tune
-    meta_file = Path(path) / SEARCH_FILE
-    if not meta_file.is_file():
-        raise ConfigError("PATH", path, f"a search directory holding {SEARCH_FILE} (printed by skipnet search)")
-    meta = json.loads(meta_file.read_text())
-    exp = from_dict(ExperimentConfig, meta["experiment"]).validate()
+    meta, exp = read_search_meta(path)
     init_ray(address)
     if not tune.Tuner.can_restore(path):
         raise SkipNetError(f"resume: {path}: Tune has no experiment state to restore there yet")
@@ -179,6 +212,21 @@ def resume_search(path: str, *, address: str | None = None) -> SearchSummary:
                                resume_unfinished=True, resume_errored=True)
     results = tuner.fit()
     return _summary(results, meta["search_id"], str(path), meta["parent_run_id"], meta["tracking_uri"])
+
+
+def read_search_meta(path: str) -> tuple[dict[str, Any], ExperimentConfig]:
+    """What ``run_search`` wrote into the search directory: ids, tracking URI and experiment."""
+    meta_file = Path(path) / SEARCH_FILE
+    accepted = f"a local search directory holding {SEARCH_FILE} (printed by skipnet search)"
+    if not meta_file.is_file():
+        raise ConfigError("PATH", path, accepted)
+    try:
+        meta = json.loads(meta_file.read_text())
+        exp = from_dict(ExperimentConfig, meta["experiment"]).validate()
+        meta = {k: meta[k] for k in ("search_id", "parent_run_id", "tracking_uri", "experiment")}
+    except (json.JSONDecodeError, KeyError, TypeError, ConfigError) as e:
+        raise ConfigError("PATH", path, f"{accepted}; its {SEARCH_FILE} is damaged ({e.__class__.__name__}: {e})") from None
+    return meta, exp
 
 
 def _search_path(exp: ExperimentConfig, search_id: str) -> str:
@@ -204,3 +252,79 @@ def _summary(results, search_id: str, path: str, parent: str, uri: str) -> Searc
                      **{k: m.get(k) for k in ("training_iteration", "val_top1", "val_computation_pct",
                                               "val_block_count_pct", "objective", "test_top1")}})
     return SearchSummary(search_id, path, parent, uri, rows, sum(row["error"] for row in rows))
+
+
+def sync_mlflow(path: str) -> dict[str, int]:
+    """Copy into MLflow what Tune's storage at ``path`` holds and MLflow lacks: child runs,
+    results (by step), last checkpoints and end states. Idempotent: a second run adds nothing."""
+    from ray.tune import ExperimentAnalysis
+
+    from skipnet.tracking import SearchTracker
+    from skipnet.tune.mlflow_callback import _get, completion_tags, full_train_config
+    meta, exp = read_search_meta(path)
+    tracker = SearchTracker(meta["tracking_uri"], exp.mlflow.experiment_name)
+    tracker.parent_run_id = meta["parent_run_id"]
+    try:
+        analysis = ExperimentAnalysis(str(Path(path).resolve()))
+    except Exception as e:
+        raise SkipNetError(f"sync-mlflow: {path}: Tune has no readable experiment state there ({e})") from None
+    base = exp.base_train()
+    counts = {"runs_created": 0, "results_logged": 0, "checkpoints_logged": 0, "runs_ended": 0}
+    finished = True
+    for trial in analysis.trials:
+        trial_dir = Path(path) / trial.storage.trial_dir_name
+        results = _trial_results(trial_dir)
+        existed = tracker.find_child(trial.trial_id) is not None
+        config = full_train_config(trial.config, base)
+        tags = _tags(exp, meta["search_id"])
+        tags.update(trial_id=trial.trial_id, gate=str(_get(trial.config, "model.gate") or tags["gate"]))
+        run_id = tracker.child_run(trial.trial_id, config, tags)
+        counts["runs_created"] += not existed
+        logged = tracker.logged_steps(run_id)
+        for result in results:
+            step = int(result.get("training_iteration", 0))
+            if step and step not in logged:
+                tracker.log_metrics(run_id, result, step)
+                logged.add(step)
+                counts["results_logged"] += 1
+        if trial.status not in ("TERMINATED", "ERROR"):
+            finished = False
+            continue
+        run = tracker.client.get_run(run_id)
+        end = completion_tags(results[-1] if results else {}, exp.budget.max_steps)
+        checkpoint = _last_checkpoint(trial_dir)
+        if trial.status == "TERMINATED" and checkpoint is not None and not tracker.has_checkpoint(run_id):
+            tracker.log_checkpoint(run_id, checkpoint)
+            counts["checkpoints_logged"] += 1
+        if checkpoint is not None:
+            end["checkpoint_path"] = str(checkpoint)
+        status = "FINISHED" if trial.status == "TERMINATED" else "FAILED"
+        if trial.status == "ERROR":
+            end = {"tune_status": "error"}
+        if run.info.status != status or any(run.data.tags.get(k) != v for k, v in end.items()):
+            tracker.end_child(run_id, status, end)
+            counts["runs_ended"] += 1
+    if finished and tracker.client.get_run(tracker.parent_run_id).info.status != "FINISHED":
+        tracker.end_search("FINISHED")
+    return counts
+
+
+def _trial_results(trial_dir: Path) -> list[dict[str, Any]]:
+    """The trial's reports in order, first occurrence of each step (as the callback logs them)."""
+    results, seen = [], set()
+    path = trial_dir / "result.json"
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            result = json.loads(line)
+        except json.JSONDecodeError:
+            continue                                  # a line cut by a crash
+        step = result.get("training_iteration")
+        if step not in seen:
+            seen.add(step)
+            results.append(result)
+    return results
+
+
+def _last_checkpoint(trial_dir: Path) -> Path | None:
+    checkpoints = sorted(trial_dir.glob("checkpoint_*"), key=lambda p: p.name)
+    return checkpoints[-1] if checkpoints else None

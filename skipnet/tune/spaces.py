@@ -299,10 +299,7 @@ def _check_against_config(key: str, dist: Distribution) -> None:
                           f"quantized type with integer q, since {key} is an integer")
     for name, value in dist.values_to_check().items():
         try:
-            from_dict(TrainConfig, set_dotted({}, key, value)).validate()
-            if key == "model.gate" and value is not None:
-                from skipnet.models.gates import parse_gate_kind   # torch: imported only when needed
-                parse_gate_kind(value)
+            from_dict(TrainConfig, set_dotted({}, key, value)).validate()   # also checks arch and gate names
         except ConfigError as e:
             raise ConfigError(f"{key}.{name}", value, e.accepted) from None
 

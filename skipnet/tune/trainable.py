@@ -33,11 +33,12 @@ class SkipNetTrainable(tune.Trainable):
 
     def setup(self, config: dict[str, Any], base: dict[str, Any], iterations_per_step: int,
               objective_weight: float = 0.2) -> None:
-        threads = max(1, int(os.environ.get("OMP_NUM_THREADS", "0")) or int(self._cpus()))
-        torch.set_num_threads(threads)            # oversubscribed OpenMP threads stall badly
         self.base, self.iterations_per_step, self.objective_weight = base, iterations_per_step, objective_weight
         self.restored_from: str | None = None
-        self.engine = Engine(self._train_config(config))
+        cfg = self._train_config(config)
+        # oversubscribed OpenMP threads stall badly: one per CPU of the trial unless the config says
+        torch.set_num_threads(cfg.threads or max(1, int(os.environ.get("OMP_NUM_THREADS", "0")) or int(self._cpus())))
+        self.engine = Engine(cfg)
 
     def _cpus(self) -> float:
         resources = self.trial_resources
@@ -57,6 +58,8 @@ class SkipNetTrainable(tune.Trainable):
             metrics["val_skip_ratio_mean"] = sum(skip) / len(skip)
             metrics.update({f"val_skip_ratio/gate{j:03d}": s for j, s in enumerate(skip)})
         metrics["alpha"] = self.engine.cfg.hrl.alpha
+        metrics["num_classes"] = self.engine.splits.num_classes      # chance accuracy for fronts
+        metrics["threads"] = torch.get_num_threads()                  # what an exact rerun needs
         metrics["restored_from"] = self.restored_from or ""
         if self.engine.done:
             test = self.engine.evaluate("test")

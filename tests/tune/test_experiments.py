@@ -5,7 +5,7 @@ import pytest
 
 from skipnet.errors import ConfigError
 from skipnet.tune.experiment import load_experiment
-from skipnet.tune.runner import _scheduler, _search, load_space
+from skipnet.tune.runner import build_scheduler, _search, load_space
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -18,7 +18,7 @@ def test_shipped_experiments_validate_and_build(path):
     exp = load_experiment(path)
     space = load_space(exp)
     assert space.params
-    _scheduler(exp)
+    build_scheduler(exp)
     _search(exp, space)
 
 

@@ -59,7 +59,9 @@ def test_asha_search_through_mlflow_server(tmp_path, mlflow_server, local_ray):
         stopped += tags["stopped_early"] == "true"
         assert (tags["stopped_early"] == "true") == (len(steps) < 4)
         assert run.info.artifact_uri.startswith("mlflow-artifacts:")       # uploaded through the server
-        assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["checkpoint"]
+        assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["checkpoint", "train_config.yaml"]
+        # the checkpoint is the trial's last one: the model its last metrics describe
+        assert tags["checkpoint_path"].endswith(f"checkpoint_{len(steps) - 1:06d}"), tags["checkpoint_path"]
     assert stopped >= 1, "ASHA stopped no trial"
     assert any(mlflow_server["artifacts"].rglob("engine.pt"))
 

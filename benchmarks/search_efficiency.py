@@ -1,0 +1,256 @@
+"""Search efficiency: hypervolume against compute spent for FIFO, ASHA (scalar objective) and MOASHA.
+
+Synthetic data set, CIFAR SkipNet-38 (recurrent gates). SP is trained once (``--sp-iterations``)
+and every trial runs HRL from that checkpoint, searching ``hrl.alpha`` and ``hrl.lr``: trials
+differ only in what HRL does, so the schedulers' rungs compare something. (In a ``pipeline``
+search every trial would repeat the same seeded SP and the early rungs would see identical
+results.) The three searches get the same trials, in the same order: a grid of ``--alphas``
+values log-spaced over ``--alpha-range`` times the ``--lrs`` values, each list shuffled with
+``--seed`` (Tune's random searcher cannot give that: it samples from numpy's global RNG, which
+ASHA also draws from once per trial), checked identical afterwards; and the same
+``--max-steps`` reports of ``--iterations-per-step`` HRL iterations each. FIFO runs every trial
+to the end; ASHA (on ``objective`` = val_top1 - 0.2 x val_computation_pct) and MOASHA (Pareto
+rank over val_top1 max / val_computation_pct min) use ``--grace-period`` and
+``--reduction-factor``.
+
+Compute spent = HRL training iterations actually run, summed over trials in the order the
+results arrived (result timestamp, 1 s resolution; ties by step). Hypervolume after each
+result = area dominated by every (val_top1, val_computation_pct) point reported so far,
+maximising accuracy and minimising computation, bounded by the reference point (chance
+accuracy 10 %, computation 100 %), divided by the reference box (90 x 100 %^2), so 1 is the
+unreachable ideal (100 % accuracy at 0 % computation). ``hv_last`` counts only each trial's
+last result (the model a trial ends with) instead. Wall time is reported for information only.
+
+    python benchmarks/search_efficiency.py [--alphas 6] [--lrs 0.003 0.01 0.03] [--max-steps 9]
+        [--iterations-per-step 10] [--grace-period 1] [--reduction-factor 3] [--seed 0]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from skipnet.config import from_dict, load_train_config
+from skipnet.pareto import hypervolume_2d, is_pareto_front
+from skipnet.train import Engine
+from _common import machine, print_table, write_json
+
+NUM_CLASSES = 10                                  # the synthetic data set (skipnet/data.py)
+REF = (100.0 / NUM_CLASSES, 100.0)               # (val_top1 = chance, val_computation_pct = 100)
+DIRECTIONS = ("max", "min")
+BOX = (100.0 - REF[0]) * REF[1]                  # hypervolume of the ideal point (100 %, 0 %)
+ARCH = "cifar10_rnn_gate_38"
+DATA = {"name": "synthetic", "synthetic_size": 6000, "synthetic_test_size": 200, "val_size": 500}
+SCHEDULERS = ("fifo", "asha", "moasha")
+
+
+def train_sp(path: Path, iterations: int, seed: int) -> dict:
+    """The shared SP model every trial starts HRL from."""
+    cfg = load_train_config(None, {
+        "stage": "sp", "seed": seed, "model.arch": ARCH, **{f"data.{k}": v for k, v in DATA.items()},
+        "sp.iterations": iterations, "sp.batch_size": 64, "sp.lr_milestones": [iterations * 3 // 4],
+        "sp.gate_warmup": iterations // 3, "eval.batch_size": 500, "output_dir": str(path.parent)})
+    start = time.perf_counter()
+    engine = Engine(cfg)
+    engine.train(iterations)
+    metrics = engine.evaluate("val")
+    engine.save(path)
+    return {"iterations": iterations, "wall_s": time.perf_counter() - start,
+            "val_top1": metrics["val_top1"], "val_computation_pct": metrics["val_computation_pct"]}
+
+
+def search_space(args) -> dict:
+    """The grid: alpha log-spaced over the range, both lists shuffled with the seed (Tune varies
+    the first key fastest, so trials run alpha by alpha within each lr)."""
+    rng = np.random.default_rng(args.seed)
+    alphas = np.geomspace(*args.alpha_range, args.alphas).round(4).tolist()
+    return {"hrl.alpha": {"type": "grid", "values": [alphas[i] for i in rng.permutation(len(alphas))]},
+            "hrl.lr": {"type": "grid", "values": [args.lrs[i] for i in rng.permutation(len(args.lrs))]}}
+
+
+def experiment(kind: str, args, sp_checkpoint: Path, workdir: Path):
+    from skipnet.tune.experiment import ExperimentConfig
+    hrl_iterations = args.max_steps * args.iterations_per_step
+    data = {
+        "name": f"efficiency-{kind}",
+        "train": {"stage": "hrl", "model": {"arch": ARCH}, "data": DATA,
+                  "hrl": {"iterations": hrl_iterations, "batch_size": args.batch_size, "baseline": "batch_mean",
+                          "init_checkpoint": str(sp_checkpoint)},
+                  "eval": {"batch_size": 500}},
+        "search_space": search_space(args),
+        "budget": {"iterations_per_step": args.iterations_per_step, "max_steps": args.max_steps},
+        "scheduler": {"type": kind, "metric": "objective", "objective_weight": 0.2,
+                      "grace_period": args.grace_period, "reduction_factor": args.reduction_factor},
+        "searcher": {"type": "grid"}, "num_samples": 1,
+        "max_concurrent_trials": args.concurrent, "resources": {"cpu": 1},
+        "storage_path": str(workdir / "searches"),
+        "mlflow": {"tracking_uri": f"sqlite:///{workdir / 'mlflow.db'}", "experiment_name": "search-efficiency"},
+        "seed": args.seed}
+    return from_dict(ExperimentConfig, data).validate()
+
+
+def run_one(kind: str, args, sp_checkpoint: Path, workdir: Path) -> dict:
+    from ray.tune import ExperimentAnalysis
+
+    from skipnet.tune.runner import run_search
+    exp = experiment(kind, args, sp_checkpoint, workdir)
+    start = time.perf_counter()
+    summary = run_search(exp)
+    wall = time.perf_counter() - start
+    analysis = ExperimentAnalysis(summary.path)
+    frames = analysis.trial_dataframes
+    results, configs = [], {}
+    for order, trial in enumerate(sorted(analysis.trials, key=lambda t: t.trial_id)):
+        configs[trial.trial_id] = (round(trial.config["hrl"]["alpha"], 12), round(trial.config["hrl"]["lr"], 12))
+        frame = frames.get(trial.trial_id)
+        if frame is None or frame.empty:
+            continue
+        frame = frame.sort_values("training_iteration")
+        done = 0
+        for row in frame.itertuples(index=False):
+            ran = int(row.iteration) if "iteration" in frame else int(row.training_iteration) * args.iterations_per_step
+            results.append({"timestamp": float(row.timestamp), "step": int(row.training_iteration), "order": order,
+                            "trial_id": trial.trial_id, "compute": ran - done,
+                            "val_top1": float(row.val_top1), "val_computation_pct": float(row.val_computation_pct)})
+            done = ran
+    results.sort(key=lambda r: (r["timestamp"], r["step"], r["order"]))
+    points, curve, spent = [], [], 0
+    for r in results:
+        spent += r["compute"]
+        points.append((r["val_top1"], r["val_computation_pct"]))
+        curve.append((spent, hypervolume_2d(points, REF, DIRECTIONS) / BOX))
+    last = {}
+    for r in results:
+        last[r["trial_id"]] = (r["val_top1"], r["val_computation_pct"])
+    steps = {}
+    for r in results:
+        steps[r["trial_id"]] = max(steps.get(r["trial_id"], 0), r["step"])
+    pts = np.asarray(points) if points else np.zeros((0, 2))
+    front = pts[is_pareto_front(pts, DIRECTIONS)] if len(pts) else pts
+    return {"scheduler": kind, "search_path": summary.path, "wall_s": wall, "errors": summary.errors,
+            "trials": len(configs), "configs": configs, "curve": curve,
+            "hv": curve[-1][1] if curve else 0.0, "compute": spent,
+            "hv_last": hypervolume_2d(list(last.values()), REF, DIRECTIONS) / BOX if last else 0.0,
+            "steps_per_trial": sorted(steps.values(), reverse=True),
+            "front": sorted(map(tuple, front.tolist()), key=lambda p: p[1])}
+
+
+def compute_to_reach(curve: list[tuple[int, float]], target: float) -> int | None:
+    return next((c for c, hv in curve if hv >= target), None)
+
+
+def plot(runs: dict, target_hv: float, fifo_compute: int, budget: float, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
+    for kind, run in runs.items():
+        xs = [0] + [c / fifo_compute for c, _ in run["curve"]]
+        ys = [0.0] + [hv for _, hv in run["curve"]]
+        ax.step(xs, ys, where="post", label=f"{kind} (final {run['hv']:.3f})")
+        front = np.asarray(run["front"])
+        if len(front):
+            ax2.step(front[:, 1], front[:, 0], where="post", marker="o", label=kind)
+    ax.axhline(target_hv, color="grey", ls="--", lw=0.8, label="95 % of FIFO's final HV")
+    ax.axvline(budget, color="grey", ls=":", lw=0.8, label=f"{budget:.0%} of FIFO's compute")
+    ax.set_xlabel("compute spent (HRL iterations, fraction of FIFO's total)")
+    ax.set_ylabel("hypervolume (fraction of the reference box)")
+    ax.set_title("Hypervolume against compute")
+    ax.legend(loc="lower right", fontsize=8)
+    ax2.set_xlabel("val computation %")
+    ax2.set_ylabel("val top-1 %")
+    ax2.set_title("Final Pareto fronts (all reported points)")
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--alphas", type=int, default=6, help="number of hrl.alpha values")
+    parser.add_argument("--alpha-range", type=float, nargs=2, default=[1.0, 20.0])
+    parser.add_argument("--lrs", type=float, nargs="+", default=[0.003, 0.01, 0.03], help="hrl.lr values")
+    parser.add_argument("--max-steps", type=int, default=9)
+    parser.add_argument("--iterations-per-step", type=int, default=10)
+    parser.add_argument("--grace-period", type=int, default=1)
+    parser.add_argument("--reduction-factor", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=32, help="HRL batch size")
+    parser.add_argument("--concurrent", type=int, default=2, help="trials at a time (one CPU each)")
+    parser.add_argument("--sp-iterations", type=int, default=300)
+    parser.add_argument("--sp-checkpoint", help="reuse (or write) the shared SP checkpoint here")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--schedulers", nargs="+", choices=SCHEDULERS, default=list(SCHEDULERS))
+    parser.add_argument("--target", type=float, default=0.95, help="fraction of FIFO's final hypervolume")
+    parser.add_argument("--budget", type=float, default=0.35, help="fraction of FIFO's compute")
+    parser.add_argument("--workdir", help="searches and MLflow store (default: a temporary folder, removed)")
+    parser.add_argument("--out", default="benchmarks/results/search_efficiency.json")
+    parser.add_argument("--png", default="benchmarks/results/search_efficiency.png")
+    args = parser.parse_args()
+    if "fifo" not in args.schedulers:
+        parser.error("--schedulers must include fifo (the reference)")
+
+    started = time.perf_counter()
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="search_efficiency-")).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    sp_path = Path(args.sp_checkpoint).resolve() if args.sp_checkpoint else workdir / "sp.pt"
+    if sp_path.is_file():
+        sp = {"reused": str(sp_path)}
+    else:
+        torch.set_num_threads(os.cpu_count() or 1)
+        sp_path.parent.mkdir(parents=True, exist_ok=True)
+        sp = train_sp(sp_path, args.sp_iterations, args.seed)
+        print(f"SP: {sp}")
+    runs = {}
+    try:
+        for kind in args.schedulers:
+            runs[kind] = run_one(kind, args, sp_path, workdir)
+    finally:
+        if not args.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    fifo = runs["fifo"]
+    target_hv = args.target * fifo["hv"]
+    same = all(list(r["configs"].values()) == list(fifo["configs"].values()) for r in runs.values())
+    rows = []
+    for kind, run in runs.items():
+        reach = compute_to_reach(run["curve"], target_hv)
+        frac = reach / fifo["compute"] if reach is not None else None
+        rows.append({"scheduler": kind, "trials": run["trials"],
+                     "finished": sum(s == args.max_steps for s in run["steps_per_trial"]),
+                     "hv_pct_box": round(100 * run["hv"], 2), "hv_pct_of_fifo": round(100 * run["hv"] / fifo["hv"], 1),
+                     "hv_last_pct_box": round(100 * run["hv_last"], 2), "compute_iters": run["compute"],
+                     "compute_pct_of_fifo": round(100 * run["compute"] / fifo["compute"], 1),
+                     "iters_to_95pct": reach,
+                     "pct_fifo_compute_to_95pct": round(100 * frac, 1) if frac is not None else None,
+                     "meets_target": frac is not None and frac <= args.budget,
+                     "wall_s": round(run["wall_s"], 1), "errors": run["errors"]})
+    print()
+    print(f"trials identical across searches: {same}; FIFO final HV {100 * fifo['hv']:.2f} % of the box, "
+          f"target {args.target:.0%} of it = {100 * target_hv:.2f} % within {args.budget:.0%} of FIFO's "
+          f"{fifo['compute']} iterations")
+    print_table(rows, ["scheduler", "trials", "finished", "hv_pct_box", "hv_pct_of_fifo", "hv_last_pct_box", "compute_iters",
+                       "compute_pct_of_fifo", "iters_to_95pct", "pct_fifo_compute_to_95pct", "meets_target",
+                       "wall_s", "errors"])
+    total = time.perf_counter() - started
+    print(f"total wall time {total:.0f} s")
+    plot(runs, target_hv, fifo["compute"], args.budget, Path(args.png))
+    write_json(args.out, {
+        "benchmark": "search_efficiency", "machine": machine(), "args": vars(args), "arch": ARCH, "data": DATA,
+        "search_space": search_space(args), "reference_point": {"val_top1": REF[0], "val_computation_pct": REF[1]},
+        "hv_normalisation": f"divided by the reference box {BOX:g} (%^2): 1 = 100 % accuracy at 0 % computation",
+        "sp": sp, "trials_identical": same, "fifo_final_hv": fifo["hv"], "target_hv": target_hv,
+        "total_wall_s": total, "rows": rows,
+        "runs": {k: {key: v for key, v in r.items() if key != "configs"} | {"configs": list(r["configs"].values())}
+                 for k, r in runs.items()}})
+
+
+if __name__ == "__main__":
+    main()

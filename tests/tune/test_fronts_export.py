@@ -1,0 +1,234 @@
+"""Fronts, export and MLflow outages with real components: two searches on the synthetic data
+set (FIFO, and MOASHA one trial at a time), a real MLflow server, the real CLI."""
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from ray.tune import ExperimentAnalysis
+
+from conftest import MLflowServer
+from skipnet import pareto
+from skipnet.export import reproducing_config
+from skipnet.tune.runner import init_ray, run_search, sync_mlflow
+from test_search import SPACE, TINY_TRAIN, experiment
+
+FAKE_SECRET = "AKIA-fake-secret-do-not-log-7f3a9c"
+MO_STEPS = 4
+
+
+def skipnet(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "skipnet", *args], capture_output=True, text=True, timeout=600,
+                          cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def searches(mlflow_server, tmp_path_factory):
+    """A FIFO search and a MOASHA search, run with a fake cloud key in the environment."""
+    tmp = tmp_path_factory.mktemp("fronts")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AWS_SECRET_ACCESS_KEY", FAKE_SECRET)
+        patch.setenv("SKIPNET_TEST_API_TOKEN", FAKE_SECRET)
+        init_ray(None, num_cpus=2)
+        try:
+            fifo = run_search(experiment(tmp, mlflow_server["url"], "front-fifo", num_samples=5,
+                                         budget={"iterations_per_step": 2, "max_steps": 4}))
+            space = dict(SPACE, **{"hrl.alpha": {"type": "loguniform", "low": 1e-2, "high": 10.0}})
+            mo = run_search(experiment(tmp, mlflow_server["url"], "front-moasha", num_samples=8,
+                                       search_space=space, max_concurrent_trials=1, seed=1,
+                                       budget={"iterations_per_step": 2, "max_steps": MO_STEPS},
+                                       scheduler={"type": "moasha", "grace_period": 1, "reduction_factor": 2}))
+            yield {"fifo": fifo, "mo": mo, "tmp": tmp}
+        finally:
+            import ray
+            ray.shutdown()
+
+
+def children(client, summary):
+    parent = client.get_run(summary.parent_run_id)
+    return client.search_runs([parent.info.experiment_id],
+                              filter_string=f"tags.`mlflow.parentRunId` = '{summary.parent_run_id}'")
+
+
+def dominated(point, others):
+    """Brute force: some other point is at least as accurate and as cheap, and better in one."""
+    acc, comp = point
+    return any(a >= acc and c <= comp and (a > acc or c < comp) for a, c in others)
+
+
+def test_moasha_on_synthetic_data_replays_the_rule(searches, mlflow_server):
+    """Trials ran one at a time, so each rung decision can be replayed from Tune's results."""
+    summary = searches["mo"]
+    assert summary.errors == 0 and len(summary.trials) == 8
+    analysis = ExperimentAnalysis(summary.path)
+    frames = analysis.trial_dataframes
+    order = sorted(frames, key=lambda t: frames[t]["timestamp"].min())
+    rungs = {1: [], 2: []}                        # grace 1, reduction 2, max_t 4
+    expected, actual = {}, {}
+    for trial_id in order:
+        frame = frames[trial_id].drop_duplicates("training_iteration").set_index("training_iteration")
+        actual[trial_id] = int(frame.index.max())
+        expected[trial_id] = MO_STEPS
+        for milestone in (1, 2):
+            row = frame.loc[milestone]
+            rungs[milestone].append((trial_id, (row["val_top1"], row["val_computation_pct"])))
+            n = len(rungs[milestone])
+            if n < 2:
+                continue
+            losses = np.array([[-a, c] for _, (a, c) in rungs[milestone]])
+            rank = pareto.nondominated_rank(losses)
+            crowd = pareto.crowding_distance(losses)
+            me = n - 1
+            ahead = ((rank < rank[me]) | ((rank == rank[me]) & (crowd > crowd[me]))).sum()
+            if ahead >= n // 2:
+                expected[trial_id] = milestone
+                # a stopped trial is dominated, or ties the rank of as many trials as there are slots
+                others = [p for t, p in rungs[milestone] if t != trial_id]
+                assert dominated(rungs[milestone][-1][1], others) or (rank == rank[me]).sum() > n // 2
+                break
+    assert actual == expected
+    assert any(t < MO_STEPS for t in actual.values()), "MOASHA stopped no trial"
+    # trials non-dominated at every rung they reached while it was being filled ran to the end
+    assert any(t == MO_STEPS for t in actual.values())
+    client = MlflowClient(mlflow_server["url"])
+    for run in children(client, summary):
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "training_iteration")]
+        assert steps == list(range(1, actual[run.data.tags["trial_id"]] + 1))
+        assert run.data.tags["stopped_early"] == str(len(steps) < MO_STEPS).lower()
+
+
+def test_pareto_cli_tags_front_logs_plots_and_prints(searches, mlflow_server, tmp_path):
+    fifo, mo = searches["fifo"], searches["mo"]
+    result = skipnet("pareto", fifo.search_id, mo.parent_run_id, "--tracking-uri", mlflow_server["url"],
+                     "--output", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = MlflowClient(mlflow_server["url"])
+    for summary in (fifo, mo):
+        runs = children(client, summary)
+        points = {r.info.run_id: (r.data.metrics["val_top1"], r.data.metrics["val_computation_pct"]) for r in runs}
+        front = {rid for rid, p in points.items() if not dominated(p, [q for o, q in points.items() if o != rid])}
+        tagged = {r.info.run_id for r in children(client, summary) if r.data.tags.get("pareto") == "true"}
+        assert tagged == front
+        for r in children(client, summary):
+            assert (r.data.tags["pareto_rank"] == "0") == (r.info.run_id in front)
+        assert f"search {summary.search_id}" in result.stdout
+        for rid in front:
+            assert rid in result.stdout
+        parent = client.get_run(summary.parent_run_id)
+        hv = pareto.hypervolume_2d(list(points.values()), (10.0, 100.0), ["max", "min"])   # 10 classes: chance 10 %
+        assert parent.data.metrics["pareto_hypervolume"] == pytest.approx(hv)
+        assert parent.data.metrics["pareto_front_size"] == len(front)
+        logged = {a.path for a in client.list_artifacts(summary.parent_run_id, "pareto")}
+        assert {"pareto/front.png", "pareto/front.html", f"pareto/front-{summary.search_id}.csv"} <= logged
+        rows = (tmp_path / f"front-{summary.search_id}.csv").read_text().strip().splitlines()
+        assert len(rows) == 1 + len(front)
+    html = (tmp_path / "front.html").read_text()
+    assert "plotly" in html and fifo.search_id in html and mo.search_id in html and "hrl.alpha" in html
+    assert (tmp_path / "front.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert result.stdout.count("<- knee") == 2
+
+
+def test_export_round_trip_reproduces_the_trial(searches, mlflow_server, tmp_path):
+    fifo = searches["fifo"]
+    out = tmp_path / "best.yaml"
+    result = skipnet("export", fifo.search_id, "--knee", "-o", str(out), "--tracking-uri", mlflow_server["url"],
+                     "--register", "skipnet-test-best", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    doc = yaml.safe_load(out.read_text())
+    info = doc["export"]
+    assert info["provenance"]["search_id"] == fifo.search_id and info["provenance"]["code_version"].startswith("0.")
+    assert info["checkpoint"]["mlflow"] == f"runs:/{info['provenance']['mlflow_run_id']}/checkpoint"
+    assert doc["model"]["arch"] == "cifar10_rnn_gate_38" and doc["seed"] == 0 and "alpha" in doc["hrl"]
+    client = MlflowClient(mlflow_server["url"])
+    version = client.get_model_version_by_alias("skipnet-test-best", "best")
+    assert version.run_id == info["provenance"]["mlflow_run_id"]
+    train = skipnet("train", "--config", str(out), "--quiet", cwd=tmp_path)
+    assert train.returncode == 0, train.stderr[-3000:]
+    final = json.loads((tmp_path / doc["output_dir"] / "final.json").read_text())
+    for key in ("val_top1", "val_computation_pct", "val_block_count_pct", "test_top1", "test_computation_pct"):
+        assert final[key] == pytest.approx(info["metrics"][key], abs=1e-6), key
+
+
+def test_export_with_no_trial_meeting_the_constraint(searches, mlflow_server, tmp_path):
+    out = tmp_path / "best.yaml"
+    result = skipnet("export", searches["fifo"].search_id, "--max-computation", "0.001", "-o", str(out),
+                     "--tracking-uri", mlflow_server["url"])
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "--max-computation" in result.stderr and "the closest is trial" in result.stderr
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_no_environment_secret_reaches_mlflow(searches, mlflow_server):
+    client = MlflowClient(mlflow_server["url"])
+    for name in ("front-fifo", "front-moasha"):
+        runs = client.search_runs([client.get_experiment_by_name(name).experiment_id])
+        assert len(runs) > 1
+        for run in runs:
+            for key, value in {**run.data.params, **run.data.tags}.items():
+                assert FAKE_SECRET not in value and FAKE_SECRET not in key, (run.info.run_id, key)
+
+
+@pytest.mark.parametrize("stage,iteration,expected", [
+    ("pipeline", 8, ("pipeline", 4, 4)),         # ran to the end
+    ("pipeline", 6, ("pipeline", 4, 2)),         # stopped during HRL
+    ("pipeline", 2, ("sp", 2, 4)),               # stopped before HRL began
+    ("hrl", 3, ("hrl", 4, 3)),
+])
+def test_reproducing_config_cuts_the_schedule_where_the_trial_stopped(stage, iteration, expected):
+    cfg = reproducing_config(dict(TINY_TRAIN, stage=stage), iteration)
+    assert (cfg["stage"], cfg["sp"]["iterations"], cfg["hrl"]["iterations"]) == expected
+    assert cfg["sp"]["eval_every"] == cfg["sp"]["iterations"] and cfg["hrl"]["eval_every"] == cfg["hrl"]["iterations"]
+    assert TINY_TRAIN["sp"]["iterations"] == 4                # the input is not modified
+
+
+def test_mlflow_outage_loses_nothing_and_sync_backfills_once(local_ray, tmp_path):
+    """The tracking server is stopped mid-search; Tune keeps every result; sync-mlflow copies
+    them to MLflow once the server is back, and a second sync adds nothing."""
+    (tmp_path / "mlflow").mkdir()
+    server = MLflowServer(tmp_path / "mlflow").start()
+    exp = experiment(tmp_path, server.url, "outage", num_samples=2, budget={"iterations_per_step": 2, "max_steps": 4})
+    client = MlflowClient(server.url)
+    box = {}
+    thread = threading.Thread(target=lambda: box.setdefault("summary", run_search(exp)), daemon=True)
+    try:
+        thread.start()
+        deadline = time.time() + 300
+        while True:                                     # stop the server once a trial has logged a result
+            experiment_ = client.get_experiment_by_name("outage")
+            runs = client.search_runs([experiment_.experiment_id], "tags.trial_id != ''") if experiment_ else []
+            if any(client.get_metric_history(r.info.run_id, "val_top1") for r in runs):
+                break
+            assert thread.is_alive() and time.time() < deadline, "the search logged nothing"
+            time.sleep(0.5)
+        server.stop()
+        thread.join(timeout=400)
+        assert not thread.is_alive()
+    except BaseException:
+        server.stop()
+        raise
+    summary = box["summary"]
+    assert summary.errors == 0 and all(row["training_iteration"] == 4 for row in summary.trials)
+    server.start()
+    before = {r.data.tags["trial_id"]: len(client.get_metric_history(r.info.run_id, "training_iteration"))
+              for r in client.search_runs([experiment_.experiment_id], "tags.trial_id != ''")}
+    assert sum(before.values()) < 8, "the outage came too late to miss anything"
+    result = skipnet("sync-mlflow", summary.path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "MLflow updated" in result.stdout
+    runs = client.search_runs([experiment_.experiment_id], f"tags.`mlflow.parentRunId` = '{summary.parent_run_id}'")
+    assert len(runs) == 2
+    for run in runs:
+        for key in ("training_iteration", "val_top1", "val_computation_pct"):
+            assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1, 2, 3, 4], key
+        assert run.info.status == "FINISHED" and run.data.tags["tune_status"] == "completed"
+        assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["checkpoint", "train_config.yaml"]
+    assert client.get_run(summary.parent_run_id).info.status == "FINISHED"
+    assert sync_mlflow(summary.path) == {"runs_created": 0, "results_logged": 0, "checkpoints_logged": 0,
+                                         "runs_ended": 0}
+    server.stop()
