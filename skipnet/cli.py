@@ -353,6 +353,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SkipNetError as e:
         print(f"skipnet {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:
+        mlflow_errors = sys.modules.get("mlflow.exceptions")
+        if mlflow_errors is None or not isinstance(e, mlflow_errors.MlflowException):
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"skipnet {args.command}: error: MLflow refused the request: {first}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"skipnet {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -33,6 +33,7 @@ def _client(address: str):
 
 def submit(experiment: str, address: str, *, working_dir: str = ".", overrides: list[str] | None = None) -> str:
     """Submit ``skipnet search`` of ``experiment`` (a path inside ``working_dir``); the job id."""
+    os.environ.setdefault("RAY_AUTH_MODE", "token")    # read when ray is imported (validation below imports it)
     from skipnet.config import parse_overrides
     from skipnet.tune.experiment import load_experiment
     from skipnet.tune.runner import build_scheduler, load_space

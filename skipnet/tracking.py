@@ -196,6 +196,8 @@ class SearchTracker:
 def find_searches(client: MlflowClient, spec: str) -> list:
     """Parent runs named by ``spec``: a parent run id, a search id (``quickstart-20261125-...``)
     or an MLflow experiment name (all of its searches)."""
+    if not spec or "'" in spec or '"' in spec:
+        raise ConfigError("SEARCH", spec, "an MLflow parent run id, a search id or an experiment name, without quotes")
     if _RUN_ID.match(spec):
         try:
             run = client.get_run(spec)

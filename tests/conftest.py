@@ -77,5 +77,7 @@ def local_ray():
 
     from skipnet.tune.runner import init_ray
     init_ray(None, num_cpus=2)
+    # the project's default local Ray listens on loopback only
+    assert {node["NodeManagerAddress"] for node in ray.nodes()} == {"127.0.0.1"}
     yield
     ray.shutdown()
