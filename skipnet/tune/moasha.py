@@ -73,6 +73,18 @@ class _Rung:
         return int(ahead.sum()) < int(n / self.reduction_factor)
 
     def _priority(self, losses: np.ndarray, rank: np.ndarray) -> np.ndarray:
+        """Tie breaker within a rank; a copy of an earlier result gets -1, below every original:
+        it adds nothing to the front (e.g. several collapsed models that skip every block)."""
+        copy = np.zeros(len(losses), dtype=bool)
+        seen: set[bytes] = set()
+        for i, row in enumerate(losses):
+            copy[i] = row.tobytes() in seen and bool(np.isfinite(row).all())
+            seen.add(row.tobytes())
+        priority = np.full(len(losses), -1.0)
+        priority[~copy] = self._diversity(losses[~copy], rank[~copy])
+        return priority
+
+    def _diversity(self, losses: np.ndarray, rank: np.ndarray) -> np.ndarray:
         if self.tie_breaker == "crowding":
             return pareto.crowding_distance(losses)
         # Exclusive hypervolume within each rank, objectives scaled to [0, 1] over the rung.
@@ -103,7 +115,8 @@ class MOASHA(FIFOScheduler):
     ``n`` vectors recorded there (its own included) the trial continues iff fewer than
     ``floor(n / reduction_factor)`` of them sort strictly ahead of it by (non-dominated rank
     ascending, then tie breaker descending: crowding distance within its rank, or exclusive
-    hypervolume contribution within its rank with objectives scaled to [0, 1] over the rung).
+    hypervolume contribution within its rank with objectives scaled to [0, 1] over the rung; an
+    exact copy of an earlier result at the rung sorts after every original of its rank).
     While a rung holds fewer than ``reduction_factor`` results the trial continues (so the first
     trials at a rung are promoted, as in asynchronous ASHA), a result at or past ``max_t`` stops
     the trial, and a result without ``time_attr`` or without every metric leaves it running.

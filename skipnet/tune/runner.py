@@ -125,7 +125,17 @@ def _search(exp: ExperimentConfig, space: SearchSpace) -> tuple[Any, dict[str, A
                               metric=MO_METRICS if multi else exp.scheduler.metric,
                               mode=MO_MODES if multi else "max")
         return search, constants(space)
-    return None, to_tune_space(space)
+    # Tune's default generator draws from numpy's global state, which ASHA also draws from:
+    # seeded, a search samples the same trials under every scheduler and on every run.
+    import numpy as np
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+    return (BasicVariantGenerator(max_concurrent=exp.max_concurrent_trials, random_state=np.random.default_rng(exp.seed)),
+            to_tune_space(space))
+
+
+def _limits_itself(search_alg) -> bool:
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+    return isinstance(search_alg, BasicVariantGenerator)
 
 
 def _metric_mode(exp: ExperimentConfig) -> tuple[str | None, str | None]:
@@ -171,7 +181,8 @@ def build_tuner(exp: ExperimentConfig, search_id: str, parent_run_id: str, track
     return tune.Tuner(
         _trainable(exp), param_space=param_space,
         tune_config=tune.TuneConfig(metric=metric, mode=mode, scheduler=build_scheduler(exp), search_alg=search_alg,
-                                    num_samples=exp.num_samples, max_concurrent_trials=exp.max_concurrent_trials,
+                                    num_samples=exp.num_samples,
+                                    max_concurrent_trials=None if _limits_itself(search_alg) else exp.max_concurrent_trials,
                                     reuse_actors=True),
         run_config=tune.RunConfig(
             name=search_id, storage_path=_storage(exp), stop={"training_iteration": exp.budget.max_steps},

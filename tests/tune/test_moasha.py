@@ -115,8 +115,8 @@ def test_rung_promotes_top_third_by_rank_then_crowding():
     assert rung.promotes("bad", (0.1, 99))  # 2 recorded < 3: promoted although dominated
     assert not rung.promotes("c", (0.5, 30))  # n=3, 1 slot: b is ahead (rank 0 vs 1)
     assert rung.promotes("a", (0.9, 60))  # rank 0; b and a are both extremes (infinite)
-    assert rung.promotes("a2", (0.9, 60))  # duplicate of a: nothing strictly ahead of it
-    # n=6, 2 slots; front b, m, a/a2: the middle m has finite crowding, b and a/a2 infinite.
+    assert not rung.promotes("a2", (0.9, 60))  # a copy of a adds nothing to the front: b and a ahead
+    # n=6, 2 slots; front b, m, a (a2 a copy): the middle m has finite crowding, b and a infinite.
     assert not rung.promotes("m", (0.8, 40))
     assert rung.promotes("e", (0.95, 95))  # new extreme: infinite crowding, nothing ahead
     assert set(rung.recorded) == {"b", "bad", "c", "a", "a2", "m", "e"}

@@ -105,3 +105,28 @@ def test_optuna_multi_objective_search(tmp_path, mlflow_server, local_ray):
         assert 1e-3 <= row["config"]["hrl.alpha"] <= 1.0 or 1e-3 <= row["config"]["hrl"]["alpha"] <= 1.0
     client = MlflowClient(mlflow_server["url"])
     assert len(children(client, summary)) == 4
+
+
+def test_random_searcher_samples_the_same_trials_under_every_scheduler(tmp_path, local_ray):
+    """Seeded: FIFO and ASHA (which draws from numpy's global state too) get identical trials."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from skipnet.tune.runner import _search, load_space
+
+    def trainable(config):                       # local: pickled by value for the workers
+        for step in range(3):
+            tune.report({"score": float(step)})
+
+    def sampled(scheduler, name):
+        exp = experiment(tmp_path, "sqlite:///unused.db", name, num_samples=6)
+        search_alg, space = _search(exp, load_space(exp))
+        results = tune.Tuner(trainable, param_space=space,
+                             tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=6,
+                                                         metric="score", mode="max"),
+                             run_config=tune.RunConfig(storage_path=str(tmp_path), name=name, verbose=0)).fit()
+        return sorted(str(sorted(r.config.items())) for r in results)
+
+    first = sampled(None, "seeded-fifo")
+    assert first == sampled(ASHAScheduler(max_t=3, grace_period=1), "seeded-asha")
+    assert len(set(first)) == 6
