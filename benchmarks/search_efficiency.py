@@ -6,8 +6,9 @@ differ only in what HRL does, so the schedulers' rungs compare something. (In a 
 search every trial would repeat the same seeded SP and the early rungs would see identical
 results.) The three searches get the same trials, in the same order: a grid of ``--alphas``
 values log-spaced over ``--alpha-range`` times the ``--lrs`` values, each list shuffled with
-``--seed`` (Tune's random searcher cannot give that: it samples from numpy's global RNG, which
-ASHA also draws from once per trial), checked identical afterwards; and the same
+``--seed`` (a grid, so that every trial is known beforehand; the experiments' random searcher
+is seeded too since this benchmark found Tune's default unseeded), checked identical
+afterwards; and the same
 ``--max-steps`` reports of ``--iterations-per-step`` HRL iterations each. FIFO runs every trial
 to the end; ASHA (on ``objective`` = val_top1 - 0.2 x val_computation_pct) and MOASHA (Pareto
 rank over val_top1 max / val_computation_pct min) use ``--grace-period`` and
