@@ -244,15 +244,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     parent, run = parents[point.parent_run_id], client.get_run(point.run_id)
     with tempfile.TemporaryDirectory(prefix="skipnet-export-") as tmp:
         train_config = tracking.download_train_config(client, point.run_id, tmp)
-    has_checkpoint = bool(client.list_artifacts(point.run_id, "checkpoint"))
+    checkpoint_uri = f"{run.info.artifact_uri}/checkpoint" if client.list_artifacts(point.run_id, "checkpoint") else None
     doc = export.export_document(
         point, train_config, selected_by=selected_by, experiment=tracking.experiment_name(client, parent),
-        tracking_uri=tracking.resolve_uri(args.tracking_uri),
-        checkpoint_uri=f"{run.info.artifact_uri}/checkpoint" if has_checkpoint else None,
+        tracking_uri=tracking.resolve_uri(args.tracking_uri), checkpoint_uri=checkpoint_uri,
         code_version=parent.data.tags.get("skipnet.version") or tracking.code_version(),
         scheduler=run.data.tags.get("scheduler"))
     if args.register:
-        doc[export.EXPORT_KEY]["registered_model"] = export.register(client, point, args.register, args.alias)
+        doc[export.EXPORT_KEY]["registered_model"] = export.register(client, point, args.register, args.alias, checkpoint_uri)
     path = export.write_export(doc, args.output)
     print(f"trial {point.trial_id} of {point.search_id} ({selected_by}): val top1 {point.accuracy:.2f} %, "
           f"computation {point.computation:.2f} %  -> {path}")

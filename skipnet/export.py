@@ -87,18 +87,18 @@ def write_export(doc: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
-def register(client, point: TrialPoint, name: str, alias: str) -> dict[str, str]:
-    """Register the trial's checkpoint artifact as a version of MLflow model ``name``, under ``alias``."""
+def register(client, point: TrialPoint, name: str, alias: str, checkpoint_uri: str | None) -> dict[str, str]:
+    """Register the trial's checkpoint artifact (``checkpoint_uri``) as a version of MLflow model
+    ``name``, under ``alias``."""
     from mlflow.exceptions import MlflowException
-    if not client.list_artifacts(point.run_id, "checkpoint"):
+    if checkpoint_uri is None:
         raise SkipNetError(f"--register: run {point.run_id} (trial {point.trial_id}) has no checkpoint artifact; "
                            "run skipnet sync-mlflow on the search directory first")
     try:
         client.get_registered_model(name)
     except MlflowException:
         client.create_registered_model(name, description="SkipNet checkpoints exported by skipnet export")
-    source = f"{client.get_run(point.run_id).info.artifact_uri}/checkpoint"
-    version = client.create_model_version(name, source, run_id=point.run_id,
+    version = client.create_model_version(name, checkpoint_uri, run_id=point.run_id,
                                           tags={"trial_id": point.trial_id, "search_id": point.search_id,
                                                 "val_top1": f"{point.accuracy:.4f}",
                                                 "val_computation_pct": f"{point.computation:.4f}"})

@@ -28,6 +28,7 @@ from mlflow.tracking import MlflowClient
 from skipnet.config import flatten
 from skipnet.errors import ConfigError, SkipNetError
 from skipnet.fronts import TrialPoint
+from skipnet.pareto import NAN_RANK
 
 DEFAULT_DB = "mlflow.db"
 TRAIN_CONFIG_ARTIFACT = "train_config.yaml"
@@ -179,8 +180,7 @@ class SearchTracker:
         self.client.set_terminated(run_id, status=status)
 
     def log_checkpoint(self, run_id: str, directory: str | os.PathLike) -> None:
-        """Upload a checkpoint directory as the run's ``checkpoint`` artifact (through the server)
-        and remember where Tune keeps it (tag ``checkpoint_path``)."""
+        """Upload a checkpoint directory as the run's ``checkpoint`` artifact (through the server)."""
         self.client.log_artifacts(run_id, str(directory), artifact_path=CHECKPOINT_ARTIFACT)
 
     def has_checkpoint(self, run_id: str) -> bool:
@@ -250,7 +250,7 @@ def tag_ranks(client: MlflowClient, points: list[TrialPoint], ranks) -> None:
         rank = int(rank)
         on_front = rank == 0
         tags = [RunTag("pareto", str(on_front).lower()),
-                RunTag("pareto_rank", "" if rank > 10**9 else str(rank))]
+                RunTag("pareto_rank", "" if rank == NAN_RANK else str(rank))]
         client.log_batch(point.run_id, tags=tags)
 
 

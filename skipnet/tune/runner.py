@@ -17,6 +17,7 @@ from typing import Any
 
 from skipnet.config import from_dict, to_dict
 from skipnet.errors import ConfigError, SkipNetError
+from skipnet.train.run import write_text_atomic
 from skipnet.tune.experiment import ExperimentConfig
 from skipnet.tune.spaces import (SearchSpace, check_pbt_mutations, constants, to_optuna_distributions,
                                  to_pbt_mutations, to_tune_space)
@@ -250,9 +251,7 @@ def _write_meta(path: str, exp: ExperimentConfig, search_id: str, parent: str, u
         return                                        # cloud storage: resume needs the parent id passed in
     Path(path).mkdir(parents=True, exist_ok=True)
     meta = {"search_id": search_id, "parent_run_id": parent, "tracking_uri": uri, "experiment": to_dict(exp)}
-    tmp = Path(path) / f".{SEARCH_FILE}.tmp"
-    tmp.write_text(json.dumps(meta, indent=2))
-    os.replace(tmp, Path(path) / SEARCH_FILE)
+    write_text_atomic(Path(path) / SEARCH_FILE, json.dumps(meta, indent=2))
 
 
 def _summary(results, search_id: str, path: str, parent: str, uri: str) -> SearchSummary:
