@@ -5,11 +5,11 @@ or optuna; ``skipnet.tune``, ``skipnet.tracking`` and ``skipnet.cluster`` sit on
 """
 __version__ = "0.1.0"
 
-from skipnet.checkpoint import CheckpointInfo, load_checkpoint, save_checkpoint
+from skipnet.checkpoint import CheckpointInfo, checkpoint_gate_kind, load_checkpoint, save_checkpoint
 from skipnet.executor import execute
 from skipnet.flops import block_costs, block_count_pct
 from skipnet.models import GateMode, GateRecord, GateSpec, SkipResNet, create_model, list_models
 
 __all__ = ["__version__", "create_model", "list_models", "load_checkpoint", "save_checkpoint",
-           "CheckpointInfo", "execute", "block_costs", "block_count_pct", "GateMode", "GateRecord",
-           "GateSpec", "SkipResNet"]
+           "CheckpointInfo", "checkpoint_gate_kind", "execute", "block_costs", "block_count_pct",
+           "GateMode", "GateRecord", "GateSpec", "SkipResNet"]

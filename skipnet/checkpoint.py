@@ -15,6 +15,10 @@ saved from DataParallel. ``authors_to_ours`` maps their keys explicitly:
 * BN ``num_batches_tracked`` buffers, absent from PyTorch 0.3 files, are taken from the model.
 
 Every load uses ``torch.load(weights_only=True)``: a pickle carrying code is refused.
+
+``checkpoint_gate_kind`` tells which gates a file holds (recorded in ours, read off the key
+layout in the authors'), so that loading one into a model of another gate type fails naming
+both gate types rather than listing missing keys.
 """
 from __future__ import annotations
 
@@ -25,12 +29,13 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from torch import nn
 
 from skipnet.errors import CheckpointError
+from skipnet.models.gates import GateKind, parse_gate_kind
 
 FORMAT = "skipnet-tune/1"
 _ACCEPTED = "expected a complete .pt file written by skipnet or one of the authors' .pth.tar files"
@@ -158,18 +163,91 @@ def is_authors_layout(ckpt: dict[str, Any]) -> bool:
     return "state_dict" in ckpt and ckpt.get("format") != FORMAT
 
 
+_GATE_MODULE = re.compile(r"group\d+_gate\d+\.([^.]+)\.")
+
+
+def checkpoint_gate_kind(source: str | os.PathLike | Mapping[str, Any]) -> GateKind | None:
+    """The kind of gates a checkpoint holds; None for a plain ResNet (no gates).
+
+    ``source`` is a checkpoint path, a checkpoint as ``read_checkpoint`` returns it (ours or the
+    authors'), or a bare ``state_dict``. Ours record the kind (``info.gate``); otherwise it is
+    read off the authors' key layout (a ``module.`` prefix is ignored):
+
+    * ``control.*`` (the shared LSTM) -> ``recurrent``;
+    * ``group{g}_gate{i}.conv2.*`` -> ``feedforward_conv`` (FFGate-I);
+    * ``group{g}_gate{i}.conv1.*`` without ``conv2`` -> ``feedforward_fc`` (FFGate-II);
+    * ``group{g}_gate{i}.1.*`` alone (per-block embeddings without the LSTM) -> ``recurrent``;
+    * no gate keys -> None.
+    """
+    ckpt = read_checkpoint(source) if isinstance(source, (str, os.PathLike)) else source
+    if ckpt.get("format") == FORMAT:
+        info = ckpt.get("info")
+        if isinstance(info, Mapping) and "gate" in info:
+            try:
+                return None if info["gate"] in (None, "none") else parse_gate_kind(info["gate"])
+            except ValueError:          # an unknown recorded name: fall back to the keys
+                pass
+        state = ckpt.get("model", {})
+    elif is_authors_layout(ckpt):
+        state = ckpt["state_dict"]
+    else:
+        state = ckpt
+    keys = [k[len("module."):] if k.startswith("module.") else k for k in map(str, state)]
+    if any(k.startswith("control.") for k in keys):
+        return GateKind.RECURRENT
+    parts = {m.group(1) for m in map(_GATE_MODULE.match, keys) if m}
+    if "conv2" in parts:
+        return GateKind.FEEDFORWARD_CONV
+    if "conv1" in parts:
+        return GateKind.FEEDFORWARD_FC
+    if "1" in parts:
+        return GateKind.RECURRENT
+    return None
+
+
+def _gates(kind: GateKind | None) -> str:
+    return "no gates (a plain ResNet)" if kind is None else f"{kind.value} gates"
+
+
+def _check_gate_kind(model: nn.Module, ckpt: dict[str, Any], where: str) -> None:
+    """One-line ``CheckpointError`` naming both gate types when the file's differ from ``model``'s."""
+    if not hasattr(model, "gate_spec"):              # not a SkipResNet: the key check decides
+        return
+    spec = model.gate_spec
+    ours = None if spec is None else spec.kind
+    theirs = checkpoint_gate_kind(ckpt)
+    if theirs == ours:
+        return
+    arch = getattr(model, "arch", type(model).__name__)
+    if ours is None:
+        hint = f"use an architecture with {theirs.value} gates or a checkpoint of a plain ResNet"
+    elif theirs is None:
+        hint = f"use an SP checkpoint of {ours.value} gates"
+    else:
+        hint = f"set model.gate to {theirs.value} or use an SP checkpoint of {ours.value} gates"
+    raise CheckpointError(f"checkpoint {where} does not match {arch}: the checkpoint holds {_gates(theirs)}, "
+                          f"the model has {_gates(ours)}: {hint}")
+
+
 def load_checkpoint(model: nn.Module, path: str | os.PathLike, *, strict: bool = True) -> CheckpointInfo:
     """Load weights into ``model`` from one of our checkpoints or one of the authors' files.
 
     Checks keys and shapes (the architecture's name may differ: an SP checkpoint loads into
     the HRL variant of the same network); any mismatch is a one-line ``CheckpointError``
-    naming the recorded architecture and what did not match.
+    naming the recorded architecture and what did not match -- with ``strict``, gates of
+    another type than the model's are named as such (``checkpoint_gate_kind``).
     """
     ckpt = read_checkpoint(path)
     if ckpt.get("format") == FORMAT:
         info = CheckpointInfo(**ckpt["info"])
+        if strict:
+            _check_gate_kind(model, ckpt, f"{path} (architecture {info.arch!r})")
         state = ckpt["model"]
     elif is_authors_layout(ckpt):
+        if strict:
+            arch = ckpt.get("arch")
+            _check_gate_kind(model, ckpt, f"{path} (the authors' architecture {arch!r})"
+                             if isinstance(arch, str) else f"{path} (the authors' layout)")
         state = authors_to_ours(ckpt["state_dict"], model)
         info = CheckpointInfo.of(model, source="authors")
         if "best_prec1" in ckpt:

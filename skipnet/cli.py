@@ -112,15 +112,44 @@ def _print_summary(summary) -> None:
     print(f"\nsearch {summary.search_id}: {len(rows)} trials, {summary.errors} errors")
     print(f"  {'trial':<12} {'steps':>5} {'val_top1':>8} {'comp%':>6} {'objective':>9}  config")
     for r in rows[:10]:
-        cfg = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in _flat(r["config"]).items())
+        cfg = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in _flat(r["config"] or {}).items())
         print(f"  {r['trial_id']:<12} {r['training_iteration'] or 0:>5} {r['val_top1'] or 0:>8.2f} "
               f"{r['val_computation_pct'] or 0:>6.1f} {r['objective'] or 0:>9.2f}  {cfg}")
+    if summary.sp_runs:
+        print(f"  SP trained once per SP configuration: {summary.sp_runs} SP runs shared by {len(rows)} trials")
+    knee = _print_front(summary)
     print(f"\nstored in {summary.path}   (continue an interrupted search: skipnet resume {summary.path})")
     print(f"MLflow parent run {summary.parent_run_id} at {summary.tracking_uri}")
     print(f"  {ui_hint(summary.tracking_uri)}")
     uri = "" if summary.tracking_uri == default_tracking_uri() else f" --tracking-uri {summary.tracking_uri}"
-    print(f"front and best config: skipnet pareto {summary.search_id}{uri}; "
-          f"skipnet export {summary.search_id}{uri} --max-computation 50 -o best.yaml")
+    print(f"compare fronts: skipnet pareto {summary.search_id}{uri}")
+    if knee is not None:
+        print(f"export the knee: skipnet export {summary.search_id}{uri} --knee -o best.yaml   "
+              f"(then: skipnet train --config best.yaml)")
+
+
+def _print_front(summary):
+    """The search's accuracy/computation front as a table; returns its knee trial (or None)."""
+    from skipnet import fronts
+    from skipnet.errors import SkipNetError
+    points = [fronts.TrialPoint(run_id="", trial_id=r["trial_id"], search_id=summary.search_id,
+                                parent_run_id=summary.parent_run_id, accuracy=float(r["val_top1"]),
+                                computation=float(r["val_computation_pct"]), steps=int(r["training_iteration"] or 0),
+                                iteration=0, num_classes=int(r["num_classes"]) if r.get("num_classes") else None,
+                                status="error" if r["error"] else "done", config=_flat(r["config"] or {}))
+              for r in summary.trials if r.get("val_top1") is not None and r.get("val_computation_pct") is not None]
+    try:
+        front = fronts.analyse(summary.search_id, summary.parent_run_id, points)
+    except SkipNetError:
+        return None
+    print(f"\nfront: {len(front.front)} of {len(points)} trials; hypervolume {front.hypervolume_pct:.1f} % "
+          f"(reference: {front.reference[0]:.1f} % accuracy, {front.reference[1]:.0f} % computation)")
+    print(f"  {'trial':<12} {'val_top1':>8} {'comp%':>6}  config")
+    for t in front.front:
+        cfg = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.config.items())
+        print(f"  {t.trial_id:<12} {t.accuracy:>8.2f} {t.computation:>6.1f}  {cfg}"
+              f"{'   <- knee' if t.trial_id == front.knee.trial_id else ''}")
+    return front.knee
 
 
 def _flat(config: dict) -> dict:

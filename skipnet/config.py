@@ -20,6 +20,14 @@ import yaml
 from skipnet.errors import ConfigError
 
 Stage = Literal["base", "sp", "hrl", "pipeline"]
+Recipe = Literal["stable", "authors"]
+
+# ``recipe: authors`` restores the authors' exact training where a file leaves these keys unset:
+# hard gates from the first SP iteration and no REINFORCE baseline. The default recipe
+# ("stable") runs every block for the first quarter of SP, so blocks learn before gates may skip
+# them (without it SP collapses into skipping nearly every block), and subtracts the batch-mean
+# return per gate in HRL (without it the policy jumps from keeping to skipping everything).
+AUTHORS_RECIPE = {"sp.gate_warmup": 0, "hrl.baseline": "none"}
 
 
 @dataclass(frozen=True)
@@ -56,7 +64,13 @@ class SPConfig:
     lr_milestones: tuple[int, ...] = (32000, 48000)
     lr_decay: float = 0.1
     eval_every: int = 1000
-    gate_warmup: int = 0             # first iterations run every block (gates off); 0 = the authors' SP
+    # Blocks learn before gates may skip them; otherwise the gates learn to skip untrained blocks,
+    # which then get no gradient, and SP collapses into skipping nearly every block.
+    gate_warmup: int | None = None   # first iterations run every block; None = a quarter of iterations, 0 = off
+
+    @property
+    def warmup_iterations(self) -> int:
+        return self.iterations // 4 if self.gate_warmup is None else self.gate_warmup
 
 
 @dataclass(frozen=True)
@@ -76,7 +90,7 @@ class HRLConfig:
     gamma: float = 1.0
     temperature: float = 1.0
     skip_compute: bool = False       # run each block only on the samples that execute it
-    baseline: Literal["none", "batch_mean"] = "none"   # subtract the batch-mean return per gate (less variance)
+    baseline: Literal["none", "batch_mean"] = "batch_mean"   # subtract the batch-mean return per gate; none = the authors
     init_checkpoint: str | None = None   # SP checkpoint (ours or the authors') for stage hrl
 
 
@@ -89,6 +103,7 @@ class EvalConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     stage: Stage = "pipeline"
+    recipe: Recipe = "stable"        # "authors": their exact SP/HRL settings (AUTHORS_RECIPE) where unset
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     sp: SPConfig = field(default_factory=SPConfig)
@@ -108,8 +123,8 @@ class TrainConfig:
         for section, c in (("sp", self.sp), ("hrl", self.hrl)):
             _positive(f"{section}.batch_size", c.batch_size)
             _positive(f"{section}.eval_every", c.eval_every)
-            if getattr(c, "gate_warmup", 0) < 0:
-                raise ConfigError(f"{section}.gate_warmup", c.gate_warmup, "an integer >= 0")
+            if (getattr(c, "gate_warmup", 0) or 0) < 0:
+                raise ConfigError(f"{section}.gate_warmup", c.gate_warmup, "an integer >= 0 or null (a quarter of iterations)")
             if c.iterations < 0:
                 raise ConfigError(f"{section}.iterations", c.iterations, "an integer >= 0")
             if not 0 <= c.momentum < 1:
@@ -297,6 +312,17 @@ def read_yaml(path: str | Path, key: str = "--config") -> dict:
     return data
 
 
+def apply_recipe(data: dict) -> dict:
+    """Fill the keys of ``recipe: authors`` that ``data`` (nested, in place) leaves unset."""
+    if data.get("recipe") == "authors":
+        for key, value in AUTHORS_RECIPE.items():
+            section, name = key.split(".")
+            node = data.setdefault(section, {})
+            if isinstance(node, dict):
+                node.setdefault(name, value)
+    return data
+
+
 def load_train_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
                       base: dict | None = None) -> TrainConfig:
     """``TrainConfig`` from a YAML file (or ``base`` dict) plus dotted overrides, validated."""
@@ -304,6 +330,7 @@ def load_train_config(path: str | Path | None = None, overrides: dict[str, Any] 
     data.pop("export", None)          # what skipnet export records about a trial; not a setting
     for key, value in (overrides or {}).items():
         set_dotted(data, key, value)
+    apply_recipe(data)
     try:
         return from_dict(TrainConfig, data).validate()
     except ConfigError as e:

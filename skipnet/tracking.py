@@ -223,12 +223,15 @@ def find_searches(client: MlflowClient, spec: str) -> list:
 
 
 def search_trials(client: MlflowClient, parent) -> list[TrialPoint]:
-    """Each trial of a search at its last reported step (what its checkpoint holds)."""
+    """Each trial of a search at its last reported step (what its checkpoint holds); the runs of
+    a shared SP phase (tag ``role=sp``) are not trials."""
     runs = client.search_runs([parent.info.experiment_id], max_results=10000,
                               filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     search_id = parent.data.tags.get("search_id", parent.info.run_name)
     points = []
     for run in runs:
+        if run.data.tags.get("role") == "sp":
+            continue                          # a shared SP run: where trials started, not a trial
         m = run.data.metrics
         nan = float("nan")
         points.append(TrialPoint(

@@ -54,6 +54,27 @@ def resolve_name(name: str) -> str:
     return name
 
 
+def registered_gate_kind(name: str):
+    """The gate kind (``GateKind``) ``create_model(name)`` builds without a ``gate`` override;
+    None for a plain ResNet.
+
+    Read from the defaults ``skipnet.models.zoo`` records on its builders, so nothing is built;
+    a model registered otherwise is built once on the meta device (no weights allocated).
+    """
+    from skipnet.models.gates import parse_gate_kind
+    fn = _MODELS[resolve_name(name)]
+    defaults = getattr(fn, "defaults", None)
+    if isinstance(defaults, dict):
+        gate = defaults.get("gate")
+        if gate is None or gate == "none":
+            return None
+        return getattr(gate, "kind", None) or parse_gate_kind(gate)     # a GateSpec or a name
+    import torch
+    with torch.device("meta"):
+        spec = getattr(fn(), "gate_spec", None)
+    return None if spec is None else spec.kind
+
+
 def create_model(name: str, **overrides) -> nn.Module:
     """Build a registered model; keyword overrides (``num_classes``, ``mode``, ``gate``...) win.
 

@@ -77,6 +77,13 @@ class Engine:
     def stage_cfg(self):
         return self.cfg.hrl if self.stage == "hrl" else self.cfg.sp
 
+    @property
+    def next_stage_cfg(self):
+        """The settings of the stage the next ``step`` trains (the next one once this one is done)."""
+        if self.iteration >= self.stage_cfg.iterations and self.stage_index + 1 < len(self.stages):
+            return self.cfg.hrl if self.stages[self.stage_index + 1] == "hrl" else self.cfg.sp
+        return self.stage_cfg
+
     def _enter_stage(self, load_init: bool) -> None:
         """Set the gate mode, optimizer and schedule of the current stage."""
         cfg, sc = self.cfg, self.stage_cfg
@@ -139,7 +146,7 @@ class Engine:
                                scaler=self.scaler)
         else:
             metrics = supervised_step(self.model, images, labels, self.optimizer, amp=amp, scaler=self.scaler,
-                                      all_blocks=self.stage == "sp" and self.iteration < self.cfg.sp.gate_warmup)
+                                      all_blocks=self.stage == "sp" and self.iteration < self.cfg.sp.warmup_iterations)
         self.scheduler.step()
         self.iteration += 1
         return metrics
@@ -181,7 +188,8 @@ class Engine:
 
     # -- evaluation ---------------------------------------------------------------------------
     def evaluate(self, split: str = "val", *, per_sample: bool = False) -> dict[str, Any]:
-        """Metrics of ``split`` (``val`` selects models; ``test`` is only reported)."""
+        """Metrics of ``split`` (``val`` selects models; ``test`` is only reported); leaves the
+        training RNGs as they were (see ``skipnet.train.evaluate``)."""
         dataset = {"val": self.splits.val, "test": self.splits.test}[split]
         return evaluate(self.model, dataset, self.costs, split=split, batch_size=self.cfg.eval.batch_size,
                         device=self.device, amp=self.cfg.amp, channels_last=self.cfg.channels_last,

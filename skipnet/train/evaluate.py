@@ -2,6 +2,10 @@
 
 Gated models run with real skipping (``skip_compute=True``), which gives the same outputs as
 masked execution in eval mode and costs only what is executed.
+
+Evaluation runs on forked RNG states: a DataLoader draws its base seed from the global torch
+generator, which HRL also samples gate actions from, so an evaluation that moved it would make
+the trained model depend on how often and on what a run evaluates.
 """
 from __future__ import annotations
 
@@ -17,15 +21,25 @@ from skipnet.flops import BlockCosts, block_count_pct
 from skipnet.train.steps import autocast
 
 
-@torch.no_grad()
 def evaluate(model: nn.Module, dataset: Dataset, costs: BlockCosts, *, split: str = "val",
              batch_size: int = 256, device: torch.device | str = "cpu", amp: bool = False,
              channels_last: bool = False, max_batches: int | None = None, top5: bool = False,
              num_workers: int = 0, per_sample: bool = False) -> dict[str, Any]:
     """Metrics prefixed by ``split``: top-1 (and top-5), loss, computation %, block-count %,
     executed GFLOPs per image and the skip ratio of every gate; with ``per_sample`` also the
-    executed blocks, correctness and (synthetic data) difficulty of each sample, in order."""
+    executed blocks, correctness and (synthetic data) difficulty of each sample, in order.
+    Every RNG is as it was afterwards."""
     device = torch.device(device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        return _evaluate(model, dataset, costs, split=split, batch_size=batch_size, device=device, amp=amp,
+                         channels_last=channels_last, max_batches=max_batches, top5=top5,
+                         num_workers=num_workers, per_sample=per_sample)
+
+
+@torch.no_grad()
+def _evaluate(model: nn.Module, dataset: Dataset, costs: BlockCosts, *, split: str, batch_size: int,
+              device: torch.device, amp: bool, channels_last: bool, max_batches: int | None, top5: bool,
+              num_workers: int, per_sample: bool) -> dict[str, Any]:
     model.eval()
     gated = getattr(model, "gate_spec", None) is not None
     correct1 = correct5 = 0

@@ -40,7 +40,7 @@ def fit(cfg: TrainConfig, *, resume: bool = False, on_step: Callable | None = No
     write_text_atomic(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     best_top1 = read_checkpoint(best).get("best_val_top1", float("-inf")) if resume and best.exists() else float("-inf")
     while not engine.done:
-        metrics = engine.train(engine.stage_cfg.eval_every, progress=on_step)
+        metrics = engine.train(engine.next_stage_cfg.eval_every, progress=on_step)
         metrics.update(engine.evaluate("val"))
         state = engine.state_dict()                 # computed once for last.pt and best.pt
         atomic_save(state, last)

@@ -2,7 +2,9 @@
 
 An experiment states only what differs from the defaults below; ``load_experiment`` validates it
 into a frozen ``ExperimentConfig`` (errors name the key: ``x.yaml: scheduler.type: must be one
-of fifo, asha, pbt, moasha (got 'hyperband')``). Pure data: nothing here imports ray.
+of fifo, asha, pbt, moasha (got 'hyperband')``). Pure data: importing this module imports no
+ray; ``validate`` reads the search space (ray, optuna) only for stage hrl from an existing
+``hrl.init_checkpoint``, to refuse gate types that checkpoint cannot start.
 """
 from __future__ import annotations
 
@@ -66,6 +68,7 @@ class ExperimentConfig:
     mlflow: MLflowConfig = field(default_factory=MLflowConfig)
     seed: int = 0
     max_failures: int = 2                   # Tune retries a failed trial from its last checkpoint
+    share_sp: bool = True                   # pipeline: train each distinct SP once (skipnet.tune.sharing)
     base_dir: str = "."                     # where relative paths in the file are resolved (set on load)
 
     def validate(self) -> "ExperimentConfig":
@@ -103,7 +106,74 @@ class ExperimentConfig:
             if isinstance(name, str) and not Path(self.resolve(name)).is_file():
                 raise ConfigError(key, name, f"an existing search-space YAML file (relative paths: to the "
                                              f"working directory, {self.base_dir} or its parent)")
+        self._check_init_checkpoint_gates()
         return self
+
+    def _check_init_checkpoint_gates(self) -> None:
+        """Stage ``hrl`` from ``train.hrl.init_checkpoint``: every gate type the search can choose
+        must be the checkpoint's, or each such trial would fail on loading it.
+
+        The candidates are the search space's ``model.gate`` values, else the fixed
+        ``train.model.gate``, else the registered gate kind of each architecture the search can
+        choose. A checkpoint that does not exist (yet) is left to the trials, which fail on it;
+        so is a search space that sets the stage or the checkpoint itself, or one that does not
+        parse (the runner reports that, naming its file).
+        """
+        cfg = load_train_config(None, base=dict(self.train))
+        given = cfg.hrl.init_checkpoint
+        if cfg.stage != "hrl" or not given:
+            return
+        path = self.resolve(given)
+        if "://" in path or not Path(path).is_file():
+            return
+        space = self._space()
+        if space is None or "stage" in space or "hrl.init_checkpoint" in space:
+            return
+        from skipnet.checkpoint import checkpoint_gate_kind
+        from skipnet.errors import CheckpointError
+        from skipnet.models import registered_gate_kind
+        from skipnet.models.gates import parse_gate_kind
+        try:
+            held = checkpoint_gate_kind(path)
+        except CheckpointError as e:
+            raise ConfigError("train.hrl.init_checkpoint", given, f"an SP checkpoint skipnet can read ({e})") from None
+        wanted = "no gates (a plain ResNet)" if held is None else f"{held.value} gates"
+        accepted = f"gate types matching hrl.init_checkpoint {given} ({wanted})"
+
+        def name(kind):
+            return "none" if kind is None else kind.value
+
+        archs = space.get("model.arch") or [cfg.model.arch]
+        if "model.gate" in space or cfg.model.gate is not None:
+            key = "search_space.model.gate" if "model.gate" in space else "train.model.gate"
+            kinds = set()
+            for value in space.get("model.gate", [cfg.model.gate]):     # null: each architecture's own
+                kinds |= {name(registered_gate_kind(a)) for a in archs} if value is None \
+                    else {name(parse_gate_kind(value))}
+            if kinds != {name(held)}:
+                raise ConfigError(key, sorted(kinds), accepted)
+            return
+        kinds = {a: name(registered_gate_kind(a)) for a in archs}
+        if set(kinds.values()) != {name(held)}:
+            key = "search_space.model.arch" if "model.arch" in space else "train.model.arch"
+            registered = "; ".join(f"{a} has {'no' if k == 'none' else k} gates" for a, k in kinds.items())
+            raise ConfigError(key, archs if len(archs) > 1 else archs[0],
+                              f"architectures with {wanted} to match hrl.init_checkpoint {given}, or "
+                              f"model.gate set ({registered})")
+
+    def _space(self) -> dict[str, list[Any]] | None:
+        """``{dotted key: values the search can choose}`` of the space's choice, grid and constant
+        entries (None when the space does not parse); imports ray and optuna, so only when needed."""
+        from skipnet.tune.spaces import Choice, Constant, SearchSpace
+        try:
+            space = SearchSpace.from_yaml(self.resolve(self.search_space)) if isinstance(self.search_space, str) \
+                else SearchSpace.from_dict(self.search_space) if self.search_space else SearchSpace({})
+        except ConfigError:
+            return None
+        out: dict[str, list[Any]] = {}
+        for key, d in space.params.items():
+            out[key] = list(d.values) if isinstance(d, Choice) else [d.value] if isinstance(d, Constant) else []
+        return out
 
     def base_train(self) -> dict[str, Any]:
         """The training config every trial starts from (the experiment's seed unless train sets one)."""

@@ -26,8 +26,10 @@ log = logging.getLogger(__name__)
 class MLflowSearchCallback(tune.Callback):
     def __init__(self, tracking_uri: str | None, experiment_name: str, parent_run_id: str,
                  tags: dict[str, str], max_steps: int, base_train: dict[str, Any] | None = None,
-                 search_path: str | None = None, retry_s: float = 30.0) -> None:
+                 search_path: str | None = None, retry_s: float = 30.0,
+                 sp_runs: dict[str, str] | None = None, ends_search: bool = True) -> None:
         self.tracking_uri, self.experiment_name = tracking_uri, experiment_name
+        self.sp_runs, self.ends_search = sp_runs, ends_search    # SP key -> SP run (lineage); SP phase: False
         self.base_train = base_train or {}
         self.parent_run_id, self.tags, self.max_steps = parent_run_id, tags, max_steps
         self.search_path, self.retry_s = search_path, retry_s
@@ -79,7 +81,13 @@ class MLflowSearchCallback(tune.Callback):
         config = trial.config
         tags = dict(self.tags, trial_id=trial.trial_id,
                     gate=str(_get(config, "model.gate") or self.tags.get("gate", "")))
-        run_id = self.tracker.child_run(trial.trial_id, full_train_config(config, self.base_train), tags)
+        train_config = full_train_config(config, self.base_train)
+        if self.sp_runs:                             # lineage: the SP run this trial started from
+            from skipnet.tune.sharing import sp_key
+            sp_run = self.sp_runs.get(sp_key(train_config))
+            if sp_run:
+                tags["sp_run_id"] = sp_run
+        run_id = self.tracker.child_run(trial.trial_id, train_config, tags)
         if run_id not in self._last_step:
             self._last_step[run_id] = max(self.tracker.logged_steps(run_id), default=0)
         return run_id
@@ -116,7 +124,8 @@ class MLflowSearchCallback(tune.Callback):
                                                                      {"tune_status": "error"}))
 
     def on_experiment_end(self, trials, **info) -> None:
-        self._mirror("the search end", self.tracker.end_search, "FINISHED")
+        if self.ends_search:
+            self._mirror("the search end", self.tracker.end_search, "FINISHED")
         if self.missed:
             log.warning("MLflow missed %d events of this search: run skipnet sync-mlflow %s", self.missed,
                         self.search_path)

@@ -3,7 +3,9 @@
 ``run_search`` starts a new search, ``resume_search`` continues an interrupted one from its
 storage directory (``Tuner.restore``); both return a ``SearchSummary``. The search directory
 holds ``skipnet_search.json`` (the experiment and the MLflow parent run id), so a resume logs
-into the same parent and child runs.
+into the same parent and child runs. A pipeline search that can share SP runs its SP phase
+first, in ``<search>/sp`` (``skipnet.tune.sharing``); a resume reuses every finished SP and
+continues an interrupted one from its checkpoint.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from skipnet.config import from_dict, to_dict
 from skipnet.errors import ConfigError, SkipNetError
 from skipnet.train.run import write_text_atomic
 from skipnet.tune.experiment import ExperimentConfig
+from skipnet.tune.sharing import SP_DIR, SPPlan, checkpoint_uri, plan_sharing, sp_key
 from skipnet.tune.spaces import (SearchSpace, check_pbt_mutations, constants, to_optuna_distributions,
                                  to_pbt_mutations, to_tune_space)
 
@@ -34,6 +37,8 @@ class SearchSummary:
     tracking_uri: str
     trials: list[dict[str, Any]]         # one row per trial: id, status, config, last metrics
     errors: int
+    sp_runs: int = 0                     # SP trials of the SP phase (0: every trial trained its own SP)
+    num_classes: int | None = None
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -153,12 +158,13 @@ def _tags(exp: ExperimentConfig, search_id: str) -> dict[str, str]:
             "scheduler": exp.scheduler.type, "searcher": exp.searcher.type}
 
 
-def _trainable(exp: ExperimentConfig):
+def _trainable(exp: ExperimentConfig, *, sp_phase: bool = False, sp_results: dict[str, str] | None = None):
     from ray import tune
 
     from skipnet.tune.trainable import SkipNetTrainable
     trainable = tune.with_parameters(SkipNetTrainable, base=exp.base_train(), iterations_per_step=exp.budget.iterations_per_step,
-                                      objective_weight=exp.scheduler.objective_weight)
+                                      objective_weight=exp.scheduler.objective_weight, sp_phase=sp_phase,
+                                      sp_results=sp_results or {})
     resources = {"cpu": exp.resources.cpu, "gpu": exp.resources.gpu}
     return tune.with_resources(trainable, resources)
 
@@ -168,19 +174,29 @@ def _storage(exp: ExperimentConfig) -> str:
     return path if "://" in path else str(Path(path).resolve())
 
 
-def build_tuner(exp: ExperimentConfig, search_id: str, parent_run_id: str, tracking_uri: str):
+def build_tuner(exp: ExperimentConfig, search_id: str, parent_run_id: str, tracking_uri: str, *,
+                plan: SPPlan | None = None, shared: "SharedSP | None" = None):
+    """The searched trials' Tuner; with ``plan`` they start from the SP phase's results."""
+    import dataclasses
+
     from ray import tune
 
     from skipnet.tune.mlflow_callback import MLflowSearchCallback
+    if plan is not None:                      # trials train HRL only: the budget counts HRL reports
+        exp = dataclasses.replace(exp, budget=dataclasses.replace(exp.budget, max_steps=plan.hrl_steps))
     space = load_space(exp)
     search_alg, param_space = _search(exp, space)
     metric, mode = _metric_mode(exp)
+    tags = _tags(exp, search_id)
+    if shared is not None:
+        tags["role"] = "hrl"
     callback = MLflowSearchCallback(tracking_uri, exp.mlflow.experiment_name, parent_run_id,
-                                    _tags(exp, search_id), exp.budget.max_steps, exp.base_train(),
-                                    search_path=_search_path(exp, search_id))
+                                    tags, exp.budget.max_steps, exp.base_train(),
+                                    search_path=_search_path(exp, search_id),
+                                    sp_runs=shared.runs if shared else None)
     score = exp.scheduler.metric
     return tune.Tuner(
-        _trainable(exp), param_space=param_space,
+        _trainable(exp, sp_results=shared.checkpoints if shared else None), param_space=param_space,
         tune_config=tune.TuneConfig(metric=metric, mode=mode, scheduler=build_scheduler(exp), search_alg=search_alg,
                                     num_samples=exp.num_samples,
                                     max_concurrent_trials=None if _limits_itself(search_alg) else exp.max_concurrent_trials,
@@ -195,6 +211,83 @@ def build_tuner(exp: ExperimentConfig, search_id: str, parent_run_id: str, track
             callbacks=[callback], verbose=1))
 
 
+@dataclass
+class SharedSP:
+    """What the SP phase produced: per SP key, the end-of-SP checkpoint and its MLflow run."""
+
+    checkpoints: dict[str, str]          # SP key -> checkpoint path or URI
+    runs: dict[str, str]                 # SP key -> MLflow run id of the SP trial
+
+
+def build_sp_tuner(exp: ExperimentConfig, search_id: str, parent_run_id: str, tracking_uri: str, plan: SPPlan):
+    """The SP phase: one trial per distinct SP configuration, each trained to the end of SP."""
+    from ray import tune
+
+    from skipnet.tune.mlflow_callback import MLflowSearchCallback
+    callback = MLflowSearchCallback(tracking_uri, exp.mlflow.experiment_name, parent_run_id,
+                                    dict(_tags(exp, search_id), role="sp"), plan.steps, exp.base_train(),
+                                    search_path=_search_path(exp, search_id), ends_search=False)
+    return tune.Tuner(
+        _trainable(exp, sp_phase=True), param_space=plan.param_space(),
+        tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=exp.max_concurrent_trials, reuse_actors=True),
+        run_config=tune.RunConfig(
+            name=SP_DIR, storage_path=_search_path(exp, search_id),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_frequency=1, checkpoint_at_end=True),
+            failure_config=tune.FailureConfig(max_failures=exp.max_failures),
+            callbacks=[callback], verbose=1))
+
+
+def _shared_sp(exp: ExperimentConfig, results, tracking_uri: str, parent_run_id: str) -> SharedSP:
+    """Map each SP trial's configuration to its final checkpoint and MLflow run."""
+    from skipnet.config import flatten, load_train_config
+    from skipnet.tracking import SearchTracker
+    failed = [r for r in results if r.error is not None or r.checkpoint is None]
+    if failed:
+        raise SkipNetError(f"the SP phase failed ({len(failed)} of {len(results)} SP trials): "
+                           f"{str(failed[0].error).strip().splitlines()[0] if failed[0].error else 'no checkpoint'}")
+    checkpoints, runs = {}, {}
+    try:
+        tracker = SearchTracker(tracking_uri, exp.mlflow.experiment_name)
+        tracker.parent_run_id = parent_run_id
+    except Exception:                                  # MLflow down: the lineage tags are left out
+        tracker = None
+    for r in results:
+        key = sp_key(load_train_config(None, flatten(r.config), base=exp.base_train()))
+        checkpoints[key] = checkpoint_uri(r.checkpoint, _storage(exp))
+        run_id = tracker.find_child(r.metrics.get("trial_id", "")) if tracker else None
+        if run_id:
+            runs[key] = run_id
+    return SharedSP(checkpoints, runs)
+
+
+def _run_phases(exp: ExperimentConfig, search_id: str, path: str, parent: str, uri: str, *,
+                resume: bool) -> SearchSummary:
+    """The SP phase (when the search shares SP), then the searched trials; new or resumed."""
+    from ray import tune
+    started = time.monotonic()
+    plan, _ = plan_sharing(exp, load_space(exp))
+    shared = None
+    if plan is not None:
+        sp_path = f"{path.rstrip('/')}/{SP_DIR}"
+        if resume and tune.Tuner.can_restore(sp_path):
+            sp_tuner = tune.Tuner.restore(sp_path, trainable=_trainable(exp, sp_phase=True),
+                                          resume_unfinished=True, resume_errored=True)
+        else:
+            sp_tuner = build_sp_tuner(exp, search_id, parent, uri, plan)
+        shared = _shared_sp(exp, sp_tuner.fit(), uri, parent)
+    if resume and tune.Tuner.can_restore(path):
+        search_alg, param_space = _search(exp, load_space(exp))
+        tuner = tune.Tuner.restore(path, trainable=_trainable(exp, sp_results=shared.checkpoints if shared else None),
+                                   param_space=param_space, resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = build_tuner(exp, search_id, parent, uri, plan=plan, shared=shared)
+    results = tuner.fit()
+    summary = _summary(results, search_id, path, parent, uri)
+    summary.sp_runs = len(shared.checkpoints) if shared else 0
+    _log_cost(exp, path, parent, uri, time.monotonic() - started)
+    return summary
+
+
 def run_search(exp: ExperimentConfig, *, address: str | None = None) -> SearchSummary:
     """Run the experiment to the end; trials land in MLflow under one parent run."""
     from skipnet.tracking import SearchTracker
@@ -207,9 +300,7 @@ def run_search(exp: ExperimentConfig, *, address: str | None = None) -> SearchSu
     path = _search_path(exp, search_id)
     _write_meta(path, exp, search_id, parent, tracker.uri)
     init_ray(address, num_cpus=None)
-    tuner = build_tuner(exp, search_id, parent, tracker.uri)
-    results = tuner.fit()
-    return _summary(results, search_id, path, parent, tracker.uri)
+    return _run_phases(exp, search_id, path, parent, tracker.uri, resume=False)
 
 
 def resume_search(path: str, *, address: str | None = None) -> SearchSummary:
@@ -217,13 +308,48 @@ def resume_search(path: str, *, address: str | None = None) -> SearchSummary:
     from ray import tune
     meta, exp = read_search_meta(path)
     init_ray(address)
-    if not tune.Tuner.can_restore(path):
+    plan, _ = plan_sharing(exp, load_space(exp))
+    if plan is None and not tune.Tuner.can_restore(path):
         raise SkipNetError(f"resume: {path}: Tune has no experiment state to restore there yet")
-    search_alg, param_space = _search(exp, load_space(exp))
-    tuner = tune.Tuner.restore(path, trainable=_trainable(exp), param_space=param_space,
-                               resume_unfinished=True, resume_errored=True)
-    results = tuner.fit()
-    return _summary(results, meta["search_id"], str(path), meta["parent_run_id"], meta["tracking_uri"])
+    return _run_phases(exp, meta["search_id"], str(path), meta["parent_run_id"], meta["tracking_uri"], resume=True)
+
+
+def search_cost(path: str) -> dict[str, float]:
+    """Training iterations a search actually ran, by stage, read from every result Tune stored
+    (SP phase included; a step redone after a restore counts again, since it was paid again)."""
+    import pyarrow.fs
+
+    cost = {"sp": 0.0, "hrl": 0.0}
+    fs, root = pyarrow.fs.FileSystem.from_uri(path) if "://" in path else (pyarrow.fs.LocalFileSystem(), path)
+    selector = pyarrow.fs.FileSelector(root, recursive=True, allow_not_found=True)
+    for info in fs.get_file_info(selector):
+        if info.base_name != "result.json":
+            continue
+        with fs.open_input_stream(info.path) as f:
+            for line in f.read().decode().splitlines():
+                try:
+                    result = json.loads(line)
+                except json.JSONDecodeError:
+                    continue                          # a line cut by a crash
+                stage = "hrl" if result.get("stage") == "hrl" else "sp"
+                cost[stage] += float(result.get("iterations_trained", 0))
+    return cost
+
+
+def _log_cost(exp: ExperimentConfig, path: str, parent: str, uri: str, wall_s: float) -> None:
+    """What the search cost, on its parent run: iterations by stage and wall time (summed over resumes)."""
+    from skipnet.tracking import SearchTracker
+    try:
+        tracker = SearchTracker(uri, exp.mlflow.experiment_name)
+        tracker.parent_run_id = parent
+        previous = tracker.client.get_run(parent).data.metrics.get("search_wall_time_s", 0.0)
+        cost = search_cost(path)
+        tracker.log_metrics(parent, {"search_sp_iterations": cost["sp"], "search_hrl_iterations": cost["hrl"],
+                                     "search_iterations": cost["sp"] + cost["hrl"],
+                                     "search_wall_time_s": previous + wall_s}, 0)
+    except Exception as e:                             # bookkeeping never fails a finished search
+        import logging
+        logging.getLogger(__name__).warning("could not log the search's cost to MLflow (%s)", e)
 
 
 def read_search_meta(path: str) -> tuple[dict[str, Any], ExperimentConfig]:
@@ -260,7 +386,7 @@ def _summary(results, search_id: str, path: str, parent: str, uri: str) -> Searc
         m = r.metrics or {}
         rows.append({"trial_id": m.get("trial_id", ""), "config": r.config, "error": r.error is not None,
                      **{k: m.get(k) for k in ("training_iteration", "val_top1", "val_computation_pct",
-                                              "val_block_count_pct", "objective", "test_top1")}})
+                                              "val_block_count_pct", "objective", "test_top1", "num_classes")}})
     return SearchSummary(search_id, path, parent, uri, rows, sum(row["error"] for row in rows))
 
 

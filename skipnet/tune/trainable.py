@@ -2,11 +2,15 @@
 
 ``setup`` builds an ``Engine`` from the trial's config, ``step`` trains a fixed number of
 iterations and validates, ``save_checkpoint``/``load_checkpoint`` use the engine's exact-resume
-checkpoints, and ``reset_config`` changes lr and alpha in place (PBT) or rebuilds the engine
-when the network itself changes (another gate type), so ``reuse_actors`` works.
+checkpoints, and ``reset_config`` starts the next trial on a reused actor (``reuse_actors``).
+
+In a search that shares SP (``skipnet.tune.sharing``) a trial of the SP phase trains to the end
+of SP and stops; a searched trial starts from the end-of-SP state of its SP configuration
+(``sp_results``: SP key -> checkpoint URI) and so trains HRL only.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -17,6 +21,7 @@ from ray import tune
 from skipnet.checkpoint import atomic_save, read_checkpoint
 from skipnet.config import TrainConfig, flatten, load_train_config
 from skipnet.train.engine import Engine
+from skipnet.tune.sharing import read_sp_state, sp_key
 
 CHECKPOINT_FILE = "engine.pt"
 
@@ -32,13 +37,24 @@ class SkipNetTrainable(tune.Trainable):
     ``tune.with_parameters``."""
 
     def setup(self, config: dict[str, Any], base: dict[str, Any], iterations_per_step: int,
-              objective_weight: float = 0.2) -> None:
+              objective_weight: float = 0.2, sp_phase: bool = False,
+              sp_results: dict[str, str] | None = None) -> None:
         self.base, self.iterations_per_step, self.objective_weight = base, iterations_per_step, objective_weight
+        self.sp_phase, self.sp_results = sp_phase, sp_results or {}
         self.restored_from: str | None = None
         cfg = self._train_config(config)
         # oversubscribed OpenMP threads stall badly: one per CPU of the trial unless the config says
         torch.set_num_threads(cfg.threads or max(1, int(os.environ.get("OMP_NUM_THREADS", "0")) or int(self._cpus())))
-        self.engine = Engine(cfg)
+        self.engine = self._start(cfg)
+
+    def _start(self, cfg: TrainConfig, splits=None) -> Engine:
+        """A fresh engine; positioned at the end of SP when the search trained this trial's SP."""
+        engine = Engine(cfg, splits=splits)
+        self.sp_checkpoint = None if self.sp_phase else self.sp_results.get(sp_key(cfg))
+        if self.sp_checkpoint:
+            engine.load_state_dict(read_sp_state(self.sp_checkpoint))
+        self.start_weights = weights_digest(engine.model.state_dict())
+        return engine
 
     def _cpus(self) -> float:
         resources = self.trial_resources
@@ -50,7 +66,9 @@ class SkipNetTrainable(tune.Trainable):
         return load_train_config(None, overrides, base=self.base)
 
     def step(self) -> dict[str, Any]:
+        before = self.engine.global_iteration
         metrics = self.engine.train(self.iterations_per_step)
+        metrics["iterations_trained"] = self.engine.global_iteration - before     # compute actually spent
         metrics.update(self.engine.evaluate("val"))
         metrics["objective"] = objective(metrics, self.objective_weight)
         skip = metrics.pop("val_skip_ratio", None)
@@ -61,7 +79,11 @@ class SkipNetTrainable(tune.Trainable):
         metrics["num_classes"] = self.engine.splits.num_classes      # chance accuracy for fronts
         metrics["threads"] = torch.get_num_threads()                  # what an exact rerun needs
         metrics["restored_from"] = self.restored_from or ""
-        if self.engine.done:
+        metrics["sp_checkpoint"] = self.sp_checkpoint or ""
+        metrics["start_weights"] = self.start_weights
+        if self.sp_phase and self.engine.stage == "sp" and self.engine.iteration >= self.engine.cfg.sp.iterations:
+            metrics["sp_done"] = metrics["done"] = True
+        elif self.engine.done:
             test = self.engine.evaluate("test")
             test.pop("test_skip_ratio", None)
             metrics.update(test)
@@ -91,6 +113,15 @@ class SkipNetTrainable(tune.Trainable):
         engine, reusing the loaded data set when the data settings are unchanged."""
         cfg, old = self._train_config(new_config), self.engine.cfg
         same_data = (cfg.data, cfg.seed) == (old.data, old.seed)
-        self.engine = Engine(cfg, splits=self.engine.splits if same_data else None)
+        self.engine = self._start(cfg, splits=self.engine.splits if same_data else None)
         self.config, self.restored_from = new_config, None
         return True
+
+
+def weights_digest(state_dict: dict[str, torch.Tensor]) -> str:
+    """A short hash of a model's weights and buffers (shows which weights a trial started from)."""
+    h = hashlib.sha256()
+    for name, tensor in state_dict.items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 import skipnet
-from skipnet.checkpoint import atomic_save, read_checkpoint
+from skipnet.checkpoint import atomic_save, checkpoint_gate_kind, read_checkpoint
 from skipnet.errors import CheckpointError
+from skipnet.models import GateKind
 
 
 def authors_keys(layers, gate, classes_fc=True, imagenet=False):
@@ -217,3 +218,67 @@ def test_sp_checkpoint_loads_into_the_hrl_variant(tmp_path):
     hrl = skipnet.create_model("cifar10_rnn_gate_rl_38")
     assert skipnet.load_checkpoint(hrl, tmp_path / "sp.pt").arch == "cifar10_rnn_gate_38"
     assert torch.equal(hrl.fc.weight, sp.fc.weight)
+
+
+# -- gate types: checkpoint_gate_kind and the mismatch message ----------------------------------
+
+def authors_state(layers, gate, imagenet=False):
+    """An authors'-layout checkpoint dict (their key names only; the values do not matter)."""
+    return {"state_dict": {"module." + k: torch.zeros(1) for k in authors_keys(layers, gate, imagenet=imagenet)}}
+
+
+@pytest.mark.parametrize("gate,kind", [("rnn", "recurrent"), ("ffgate1", "feedforward_conv"),
+                                       ("ffgate2", "feedforward_fc")])
+def test_gate_kind_from_the_authors_layout(gate, kind):
+    assert checkpoint_gate_kind(authors_state((6, 6, 6), gate)) == GateKind(kind)
+    bare = {k[len("module."):]: v for k, v in authors_state((6, 6, 6), gate)["state_dict"].items()}
+    assert checkpoint_gate_kind(bare) == GateKind(kind)            # a bare state_dict, no prefix
+
+
+def test_gate_kind_from_the_authors_imagenet_and_plain_layouts():
+    assert checkpoint_gate_kind(authors_state((3, 4, 6, 3), "rnn", imagenet=True)) is GateKind.RECURRENT
+    plain = {"module.conv1.weight": torch.zeros(1), "module.layer1.0.conv1.weight": torch.zeros(1),
+             "module.layer2.0.downsample.0.weight": torch.zeros(1), "module.fc.weight": torch.zeros(1)}
+    assert checkpoint_gate_kind({"state_dict": plain}) is None
+
+
+@pytest.mark.parametrize("gate", ["recurrent", "feedforward_conv", "feedforward_fc", None])
+def test_gate_kind_of_our_checkpoints_recorded_and_from_keys(tmp_path, gate):
+    model = skipnet.create_model("cifar10_resnet_38" if gate is None else f"cifar10_skipnet_38_{gate}")
+    expected = None if gate is None else GateKind(gate)
+    skipnet.save_checkpoint(model, tmp_path / "m.pt")
+    assert checkpoint_gate_kind(tmp_path / "m.pt") == expected               # recorded in info
+    assert checkpoint_gate_kind(str(tmp_path / "m.pt")) == expected
+    ckpt = read_checkpoint(tmp_path / "m.pt")
+    del ckpt["info"]["gate"]
+    assert checkpoint_gate_kind(ckpt) == expected                            # read off the keys
+    assert checkpoint_gate_kind(model.state_dict()) == expected
+
+
+def test_recurrent_checkpoint_into_feedforward_model_names_both_gate_types(tmp_path):
+    skipnet.save_checkpoint(skipnet.create_model("cifar10_rnn_gate_38"), tmp_path / "sp.pt")
+    model = skipnet.create_model("cifar10_rnn_gate_38", gate="feedforward_conv")   # model.gate override
+    with pytest.raises(CheckpointError, match=r"sp.pt \(architecture 'cifar10_rnn_gate_38'\) does not match "
+                       r"cifar10_rnn_gate_38: the checkpoint holds recurrent gates, the model has "
+                       r"feedforward_conv gates: set model.gate to recurrent or use an SP checkpoint of "
+                       r"feedforward_conv gates$") as err:
+        skipnet.load_checkpoint(model, tmp_path / "sp.pt")
+    assert one_line(err) and "missing keys" not in str(err.value)
+
+
+def test_authors_recurrent_file_into_feedforward_model_names_both_gate_types(tmp_path):
+    authors_file(skipnet.create_model("cifar10_rnn_gate_38"), tmp_path / "a.pth.tar", authors_keys((6, 6, 6), "rnn"))
+    with pytest.raises(CheckpointError, match=r"the authors' architecture 'cifar10_rnn_gate_38'\) does not match "
+                       r"cifar10_feedforward_38: the checkpoint holds recurrent gates, the model has "
+                       r"feedforward_conv gates") as err:
+        skipnet.load_checkpoint(skipnet.create_model("cifar10_feedforward_38"), tmp_path / "a.pth.tar")
+    assert one_line(err)
+
+
+def test_plain_and_gated_mismatches_name_the_missing_gates(tmp_path):
+    skipnet.save_checkpoint(skipnet.create_model("cifar10_resnet_38"), tmp_path / "plain.pt")
+    with pytest.raises(CheckpointError, match="holds no gates .a plain ResNet., the model has recurrent gates"):
+        skipnet.load_checkpoint(skipnet.create_model("cifar10_rnn_gate_rl_38"), tmp_path / "plain.pt")
+    skipnet.save_checkpoint(skipnet.create_model("cifar10_skipnet_38_feedforward_fc"), tmp_path / "ff.pt")
+    with pytest.raises(CheckpointError, match="holds feedforward_fc gates, the model has no gates .a plain ResNet."):
+        skipnet.load_checkpoint(skipnet.create_model("cifar10_resnet_38"), tmp_path / "ff.pt")

@@ -96,3 +96,58 @@ def test_hrl_from_sp_checkpoint_and_stage_checks(tmp_path):
         Engine(small_cfg(**{"stage": "base"}))
     with pytest.raises(ConfigError, match="model.arch.*gated SkipNet"):
         Engine(small_cfg(**{"stage": "sp", "model.arch": "cifar10_resnet_38"}))
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    """A tiny ImageFolder tree (train/ and val/, PNG files, three classes)."""
+    import numpy as np
+    from PIL import Image
+    root = tmp_path_factory.mktemp("folder")
+    rng = np.random.default_rng(1)
+    for split, per_class in (("train", 12), ("val", 4)):
+        for name in ("ant", "bee", "cat"):
+            (root / split / name).mkdir(parents=True)
+            for i in range(per_class):
+                Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(root / split / name / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_evaluation_never_changes_training(image_folder, num_workers):
+    """A folder data set's DataLoader draws its seed from the global RNG that HRL samples gate
+    actions from: evaluating as often as one likes must still train the very same model."""
+    cfg = load_train_config(None, {"model.arch": "cifar10_rnn_gate_38", "data.name": "imagefolder",
+                                   "data.root": str(image_folder), "data.image_size": 16, "data.val_size": 6,
+                                   "data.num_workers": num_workers, "sp.batch_size": 6, "sp.iterations": 3,
+                                   "hrl.batch_size": 6, "hrl.iterations": 4, "eval.batch_size": 4})
+    quiet = Engine(cfg)                   # each engine seeds the global RNG when it is built
+    while not quiet.done:
+        quiet.step()
+    busy = Engine(cfg)
+    while not busy.done:
+        busy.step()
+        before = torch.get_rng_state()
+        busy.evaluate("val")
+        assert torch.equal(torch.get_rng_state(), before)
+    for (name, a), b in zip(quiet.model.state_dict().items(), busy.model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_first_hrl_chunk_of_a_pipeline_uses_hrl_eval_every(tmp_path):
+    from skipnet.train.run import fit
+    evaluated = []
+    fit(small_cfg(tmp_path, **{"sp.iterations": 4, "sp.eval_every": 4, "hrl.iterations": 4, "hrl.eval_every": 2}),
+        on_eval=lambda m: evaluated.append((m["stage"], m["iteration"])))
+    assert evaluated == [("sp", 4), ("hrl", 6), ("hrl", 8)]
+
+
+def test_default_recipe_warms_up_and_authors_recipe_restores_their_settings():
+    default = load_train_config(None, {"sp.iterations": 400})
+    assert default.recipe == "stable" and default.sp.warmup_iterations == 100 and default.hrl.baseline == "batch_mean"
+    authors = load_train_config(None, {"recipe": "authors", "sp.iterations": 400})
+    assert authors.sp.warmup_iterations == 0 and authors.hrl.baseline == "none"
+    mixed = load_train_config(None, {"recipe": "authors", "sp.gate_warmup": 50})     # a stated key wins
+    assert mixed.sp.warmup_iterations == 50 and mixed.hrl.baseline == "none"
+    with pytest.raises(ConfigError, match="recipe"):
+        load_train_config(None, {"recipe": "fast"})

@@ -35,21 +35,24 @@ def skipnet(*args, **kw):
 
 
 def test_killed_driver_resumes_with_one_child_run_per_trial(tmp_path, mlflow_server):
+    """The driver dies during the shared SP phase: the resume trains no SP twice (each SP trial
+    continues from its checkpoint), runs every trial and keeps one MLflow run per trial."""
+    train = dict(TINY_TRAIN, sp=dict(TINY_TRAIN["sp"], iterations=8))       # 4 SP reports
     exp = write_experiment(tmp_path / "exp.yaml", "resume-test", mlflow_server["url"], tmp_path / "searches",
-                           budget={"iterations_per_step": 2, "max_steps": 6})
+                           train=train, budget={"iterations_per_step": 2, "max_steps": 6})
     log = open(tmp_path / "driver.log", "w")
     driver = subprocess.Popen([sys.executable, "-m", "skipnet", "search", str(exp)], stdout=log,
                               stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp_path)
     client = MlflowClient(mlflow_server["url"])
     deadline = time.time() + 300
-    while True:                                    # wait until some trial has reported twice
+    while True:                                    # wait until an SP trial is half-way
         experiment = client.get_experiment_by_name("resume-test")
-        runs = client.search_runs([experiment.experiment_id], filter_string="tags.trial_id != ''") if experiment else []
+        runs = client.search_runs([experiment.experiment_id], filter_string="tags.role = 'sp'") if experiment else []
         if any(len(client.get_metric_history(r.info.run_id, "val_top1")) >= 2 for r in runs):
             break
         assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
         assert time.time() < deadline, "search made no progress"
-        time.sleep(1)
+        time.sleep(0.5)
     os.killpg(driver.pid, signal.SIGKILL)          # the driver and the Ray it started die at once
     driver.wait()
     log.close()
@@ -58,11 +61,18 @@ def test_killed_driver_resumes_with_one_child_run_per_trial(tmp_path, mlflow_ser
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     parent = json.loads((search_dir / "skipnet_search.json").read_text())["parent_run_id"]
     children = client.search_runs([experiment.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")
-    assert len(children) == 4 and len({c.data.tags["trial_id"] for c in children}) == 4
+    sp_runs = [c for c in children if c.data.tags.get("role") == "sp"]
+    trials = [c for c in children if c.data.tags.get("role") == "hrl"]
+    assert len(sp_runs) == 2 and len(trials) == 4 and len({c.data.tags["trial_id"] for c in children}) == 6
     for child in children:
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "training_iteration")]
         assert steps == list(range(1, len(steps) + 1)), steps       # no lost or repeated step
         assert child.info.status == "FINISHED"
+    for sp_trial in (search_dir / "sp").glob("SkipNetTrainable_*"):  # each SP ran once, at most a step redone
+        trained = sum(json.loads(line)["iterations_trained"] for line in (sp_trial / "result.json").read_text().splitlines())
+        assert 8 <= trained <= 8 + 2, trained
+    assert all(t.data.tags["sp_run_id"] in {r.info.run_id for r in sp_runs} for t in trials)
+    assert client.get_run(parent).info.status == "FINISHED"
 
 
 @pytest.fixture
