@@ -1,4 +1,5 @@
 """Shipped experiment files validate; bad experiment files fail in one line naming the key."""
+import math
 from pathlib import Path
 
 import pytest
@@ -22,9 +23,22 @@ def test_shipped_experiments_validate_and_build(path):
     _search(exp, space)
 
 
-def test_quickstart_is_laptop_sized():
+def test_quickstart_is_laptop_sized_and_shares_sp():
+    from skipnet.tune.sharing import plan_sharing
     exp = load_experiment(ROOT / "experiments/quickstart.yaml")
-    assert exp.num_samples >= 8 and exp.train["data"]["name"] == "synthetic" and exp.resources.gpu == 0
+    grid = [len(d.values) for d in load_space(exp).params.values() if d.kind == "grid"]
+    assert exp.num_samples * math.prod(grid) >= 8 and exp.train["data"]["name"] == "synthetic" and exp.resources.gpu == 0
+    plan, _ = plan_sharing(exp, load_space(exp))
+    assert len(plan.variants) == 2                       # one SP per gate type
+
+
+@pytest.mark.parametrize("name", ["cifar10_pbt.yaml", "cifar10_pareto_optuna.yaml"])
+def test_pipeline_experiments_share_one_sp_per_gate_type(name):
+    from skipnet.tune.sharing import plan_sharing
+    exp = load_experiment(ROOT / "experiments" / name)
+    plan, reason = plan_sharing(exp, load_space(exp))
+    assert plan is not None, reason
+    assert sorted(v["model.gate"] for v in plan.variants) == sorted(load_space(exp).params["model.gate"].values)
 
 
 @pytest.mark.parametrize("text,needle", [
