@@ -24,7 +24,7 @@ Recipe = Literal["stable", "authors"]
 
 # ``recipe: authors`` restores the authors' exact training where a file leaves these keys unset:
 # hard gates from the first SP iteration and no REINFORCE baseline. The default recipe
-# ("stable") runs every block for the first quarter of SP, so blocks learn before gates may skip
+# ("stable") runs every block for the first third of SP, so blocks learn before gates may skip
 # them (without it SP collapses into skipping nearly every block), and subtracts the batch-mean
 # return per gate in HRL (without it the policy jumps from keeping to skipping everything).
 AUTHORS_RECIPE = {"sp.gate_warmup": 0, "hrl.baseline": "none"}
@@ -66,11 +66,11 @@ class SPConfig:
     eval_every: int = 1000
     # Blocks learn before gates may skip them; otherwise the gates learn to skip untrained blocks,
     # which then get no gradient, and SP collapses into skipping nearly every block.
-    gate_warmup: int | None = None   # first iterations run every block; None = a quarter of iterations, 0 = off
+    gate_warmup: int | None = None   # first iterations run every block; None = a third of iterations, 0 = off
 
     @property
     def warmup_iterations(self) -> int:
-        return self.iterations // 4 if self.gate_warmup is None else self.gate_warmup
+        return self.iterations // 3 if self.gate_warmup is None else self.gate_warmup
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,7 @@ class TrainConfig:
             _positive(f"{section}.batch_size", c.batch_size)
             _positive(f"{section}.eval_every", c.eval_every)
             if (getattr(c, "gate_warmup", 0) or 0) < 0:
-                raise ConfigError(f"{section}.gate_warmup", c.gate_warmup, "an integer >= 0 or null (a quarter of iterations)")
+                raise ConfigError(f"{section}.gate_warmup", c.gate_warmup, "an integer >= 0 or null (a third of iterations)")
             if c.iterations < 0:
                 raise ConfigError(f"{section}.iterations", c.iterations, "an integer >= 0")
             if not 0 <= c.momentum < 1:

@@ -81,7 +81,7 @@ def test_unknown_name_lists_close_matches():
 
 def test_list_models_pattern_natural_order():
     names = skipnet.list_models("cifar10_resnet_*")
-    assert names == ["cifar10_resnet_38", "cifar10_resnet_74", "cifar10_resnet_110", "cifar10_resnet_152"]
+    assert names == ["cifar10_resnet_20", "cifar10_resnet_38", "cifar10_resnet_74", "cifar10_resnet_110", "cifar10_resnet_152"]
 
 
 def test_bad_gate_value_names_the_key():

@@ -144,7 +144,7 @@ def test_first_hrl_chunk_of_a_pipeline_uses_hrl_eval_every(tmp_path):
 
 def test_default_recipe_warms_up_and_authors_recipe_restores_their_settings():
     default = load_train_config(None, {"sp.iterations": 400})
-    assert default.recipe == "stable" and default.sp.warmup_iterations == 100 and default.hrl.baseline == "batch_mean"
+    assert default.recipe == "stable" and default.sp.warmup_iterations == 133 and default.hrl.baseline == "batch_mean"
     authors = load_train_config(None, {"recipe": "authors", "sp.iterations": 400})
     assert authors.sp.warmup_iterations == 0 and authors.hrl.baseline == "none"
     mixed = load_train_config(None, {"recipe": "authors", "sp.gate_warmup": 50})     # a stated key wins

@@ -21,7 +21,7 @@ VENV_BIN = Path(sys.executable).parent
 
 
 def write_experiment(path, name, tracking_uri, storage, **over):
-    data = {"name": name, "train": TINY_TRAIN, "search_space": SPACE,
+    data = {"name": name, "train": TINY_TRAIN, "search_space": SPACE, "share_sp": False,
             "budget": {"iterations_per_step": 2, "max_steps": 4}, "num_samples": 4, "max_concurrent_trials": 2,
             "storage_path": str(storage), "mlflow": {"tracking_uri": tracking_uri, "experiment_name": name}}
     data.update(over)
@@ -39,7 +39,7 @@ def test_killed_driver_resumes_with_one_child_run_per_trial(tmp_path, mlflow_ser
     continues from its checkpoint), runs every trial and keeps one MLflow run per trial."""
     train = dict(TINY_TRAIN, sp=dict(TINY_TRAIN["sp"], iterations=8))       # 4 SP reports
     exp = write_experiment(tmp_path / "exp.yaml", "resume-test", mlflow_server["url"], tmp_path / "searches",
-                           train=train, budget={"iterations_per_step": 2, "max_steps": 6})
+                           train=train, share_sp=True, budget={"iterations_per_step": 2, "max_steps": 6})
     log = open(tmp_path / "driver.log", "w")
     driver = subprocess.Popen([sys.executable, "-m", "skipnet", "search", str(exp)], stdout=log,
                               stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp_path)

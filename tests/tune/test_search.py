@@ -21,7 +21,9 @@ SPACE = {"hrl.alpha": {"type": "loguniform", "low": 1e-3, "high": 1.0},
 
 
 def experiment(tmp_path, tracking_uri, name, **over):
-    data = {"name": name, "train": TINY_TRAIN, "search_space": SPACE,
+    # share_sp off: these tests check scheduler and tracking mechanics on whole pipeline trials;
+    # tests/tune/test_sharing.py covers shared SP
+    data = {"name": name, "train": TINY_TRAIN, "search_space": SPACE, "share_sp": False,
             "budget": {"iterations_per_step": 2, "max_steps": 4}, "num_samples": 8, "max_concurrent_trials": 2,
             "storage_path": str(tmp_path / "searches"),
             "mlflow": {"tracking_uri": tracking_uri, "experiment_name": name}}

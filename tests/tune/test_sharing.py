@@ -20,7 +20,8 @@ SP_ITERATIONS, HRL_ITERATIONS = TINY_TRAIN["sp"]["iterations"], TINY_TRAIN["hrl"
 
 @pytest.fixture(scope="module")
 def shared(mlflow_server, local_ray, tmp_path_factory):
-    exp = experiment(tmp_path_factory.mktemp("sharing"), mlflow_server["url"], "share-test", num_samples=6)
+    exp = experiment(tmp_path_factory.mktemp("sharing"), mlflow_server["url"], "share-test", num_samples=6,
+                     share_sp=True)
     return exp, run_search(exp)
 
 
@@ -91,7 +92,7 @@ def test_mlflow_shows_the_lineage_and_the_cost(shared, mlflow_server):
 
 
 def test_sharing_plan_follows_the_search_space(tmp_path):
-    exp = experiment(tmp_path, "sqlite:///unused.db", "plan")
+    exp = experiment(tmp_path, "sqlite:///unused.db", "plan", share_sp=True)
     plan, _ = plan_sharing(exp, SearchSpace.from_dict(SPACE))
     assert plan.variants == [{"model.gate": "feedforward_conv"}, {"model.gate": "recurrent"}]
     grid = dict(SPACE, **{"sp.lr": {"type": "grid", "values": [0.1, 0.05]}})
