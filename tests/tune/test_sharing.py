@@ -61,11 +61,15 @@ def test_a_shared_trial_equals_the_same_pipeline_trained_in_one_piece(shared):
     exp, summary = shared
     row = summary.trials[0]
     cfg = load_train_config(None, flatten(row["config"]), base=exp.base_train())
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)                              # as the trial (1 CPU)
-    engine = Engine(dataclasses.replace(cfg, output_dir="unused"))
-    while not engine.done:
-        engine.train(exp.budget.iterations_per_step)
-    metrics = engine.evaluate("val")
+    try:
+        engine = Engine(dataclasses.replace(cfg, output_dir="unused"))
+        while not engine.done:
+            engine.train(exp.budget.iterations_per_step)
+        metrics = engine.evaluate("val")
+    finally:
+        torch.set_num_threads(threads)
     assert metrics["val_top1"] == row["val_top1"]
     assert metrics["val_computation_pct"] == pytest.approx(row["val_computation_pct"], abs=1e-9)
 
