@@ -38,7 +38,6 @@ class SearchSummary:
     trials: list[dict[str, Any]]         # one row per trial: id, status, config, last metrics
     errors: int
     sp_runs: int = 0                     # SP trials of the SP phase (0: every trial trained its own SP)
-    num_classes: int | None = None
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -261,11 +260,10 @@ def _shared_sp(exp: ExperimentConfig, results, tracking_uri: str, parent_run_id:
 
 
 def _run_phases(exp: ExperimentConfig, search_id: str, path: str, parent: str, uri: str, *,
-                resume: bool) -> SearchSummary:
-    """The SP phase (when the search shares SP), then the searched trials; new or resumed."""
+                plan: SPPlan | None, resume: bool) -> SearchSummary:
+    """The SP phase (when ``plan`` shares SP), then the searched trials; new or resumed."""
     from ray import tune
     started = time.monotonic()
-    plan, _ = plan_sharing(exp, load_space(exp))
     shared = None
     if plan is not None:
         sp_path = f"{path.rstrip('/')}/{SP_DIR}"
@@ -300,7 +298,7 @@ def run_search(exp: ExperimentConfig, *, address: str | None = None) -> SearchSu
     path = _search_path(exp, search_id)
     _write_meta(path, exp, search_id, parent, tracker.uri)
     init_ray(address, num_cpus=None)
-    return _run_phases(exp, search_id, path, parent, tracker.uri, resume=False)
+    return _run_phases(exp, search_id, path, parent, tracker.uri, plan=plan_sharing(exp, space)[0], resume=False)
 
 
 def resume_search(path: str, *, address: str | None = None) -> SearchSummary:
@@ -311,7 +309,8 @@ def resume_search(path: str, *, address: str | None = None) -> SearchSummary:
     plan, _ = plan_sharing(exp, load_space(exp))
     if plan is None and not tune.Tuner.can_restore(path):
         raise SkipNetError(f"resume: {path}: Tune has no experiment state to restore there yet")
-    return _run_phases(exp, meta["search_id"], str(path), meta["parent_run_id"], meta["tracking_uri"], resume=True)
+    return _run_phases(exp, meta["search_id"], str(path), meta["parent_run_id"], meta["tracking_uri"], plan=plan,
+                       resume=True)
 
 
 def search_cost(path: str) -> dict[str, float]:

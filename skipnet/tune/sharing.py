@@ -40,22 +40,24 @@ def sp_key(cfg: TrainConfig | dict[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class SPPlan:
-    """The SP phase of a search: its distinct SP configurations (dotted search-space values)."""
+    """The SP phase of a search: the values of each searched non-HRL key; every combination is
+    one distinct SP configuration."""
 
-    variants: list[dict[str, Any]]
+    choices: dict[str, list[Any]]       # dotted key -> the values the search can give it
     steps: int                          # Tune reports of one SP trial
     hrl_steps: int                      # Tune reports of one HRL trial at most
 
+    @property
+    def variants(self) -> list[dict[str, Any]]:
+        """Each distinct SP configuration as ``{dotted key: value}``."""
+        return [dict(zip(self.choices, combo)) for combo in itertools.product(*self.choices.values())]
+
     def param_space(self) -> dict[str, Any]:
-        """Tune's param_space of the SP phase: a grid over the variants."""
+        """Tune's param_space of the SP phase: a grid over every combination."""
         from ray import tune
-        keys = list(self.variants[0])
-        if not keys:
-            return {}
         space: dict[str, Any] = {}
-        for key in keys:
-            values = list(dict.fromkeys(json.dumps(v[key], sort_keys=True) for v in self.variants))
-            set_dotted(space, key, tune.grid_search([json.loads(v) for v in values]))
+        for key, values in self.choices.items():
+            set_dotted(space, key, tune.grid_search(values))
         return space
 
 
@@ -76,11 +78,10 @@ def plan_sharing(exp: ExperimentConfig, space: SearchSpace) -> tuple[SPPlan | No
             choices[key] = list(dist.values)
         else:
             return None, f"{key} is searched as {dist.kind}: every trial trains its own SP"
-    variants = [dict(zip(choices, combo)) for combo in itertools.product(*choices.values())]
     cfg = load_train_config(None, base=dict(base))
     ips = exp.budget.iterations_per_step
     hrl_steps = min(exp.budget.max_steps, max(1, math.ceil(cfg.hrl.iterations / ips)))
-    return SPPlan(variants, steps=max(1, math.ceil(cfg.sp.iterations / ips)), hrl_steps=hrl_steps), ""
+    return SPPlan(choices, steps=max(1, math.ceil(cfg.sp.iterations / ips)), hrl_steps=hrl_steps), ""
 
 
 def checkpoint_uri(checkpoint, storage: str) -> str:
