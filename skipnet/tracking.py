@@ -12,6 +12,7 @@ returns each trial's last reported point, which ``skipnet pareto`` and ``skipnet
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -259,7 +260,10 @@ def tag_ranks(client: MlflowClient, points: list[TrialPoint], ranks) -> None:
 
 def log_front(client: MlflowClient, front, files: list[Path]) -> None:
     """Tag the search's trials with their rank and log the plots, the CSV and the front's size
-    and hypervolume to its parent run."""
+    and hypervolume to its parent run, at step 0: the live front of the running search
+    (``log_live_front``) logs at steps > 0 (training iterations), so MLflow's latest value of
+    ``pareto_hypervolume_pct`` stays the last live one, which equals this one at the default
+    reference point."""
     tag_ranks(client, front.trials, front.rank)
     for path in files:
         client.log_artifact(front.parent_run_id, str(path), artifact_path="pareto")
@@ -268,6 +272,38 @@ def log_front(client: MlflowClient, front, files: list[Path]) -> None:
         Metric("pareto_hypervolume", float(front.hypervolume), now, 0),
         Metric("pareto_hypervolume_pct", float(front.hypervolume_pct), now, 0),
         Metric("pareto_front_size", float(len(front.front)), now, 0)])
+
+
+def log_live_front(client: MlflowClient, front, files: list[Path], step: int) -> None:
+    """The front of a running search (``MLflowSearchCallback``): ``files`` under ``pareto/`` of the
+    parent run (replacing the previous ones), ``pareto_hypervolume_pct`` and ``pareto_front_size``
+    at ``step`` = training iterations spent so far (``log_front``, after a search, uses step 0).
+
+    Fails at once rather than retrying: the MLflow client's back-off adds up to minutes against a
+    server that stopped meanwhile, which would stall the search's driver, and the next update
+    redraws the front anyway."""
+    with _no_retries():
+        for path in files:
+            client.log_artifact(front.parent_run_id, str(path), artifact_path="pareto")
+        now = int(time.time() * 1000)
+        client.log_batch(front.parent_run_id, metrics=[
+            Metric("pareto_hypervolume_pct", float(front.hypervolume_pct), now, step),
+            Metric("pareto_front_size", float(len(front.front)), now, step)])
+
+
+@contextlib.contextmanager
+def _no_retries():
+    """MLflow HTTP requests inside the block are not retried (the client reads this per request)."""
+    key = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
+    saved = os.environ.get(key)
+    os.environ[key] = "0"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = saved
 
 
 def experiment_name(client: MlflowClient, parent) -> str:

@@ -51,6 +51,7 @@ class ResourcesConfig:
 class MLflowConfig:
     tracking_uri: str | None = None    # default: SQLite store ./mlflow.db in the working directory
     experiment_name: str = "skipnet"
+    front_interval_s: float = 30.0     # the parent run's live front is redrawn at most this often
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,8 @@ class ExperimentConfig:
             raise ConfigError("scheduler.quantile_fraction", self.scheduler.quantile_fraction, "a number in (0, 0.5]")
         if self.scheduler.objective_weight < 0:
             raise ConfigError("scheduler.objective_weight", self.scheduler.objective_weight, "a number >= 0")
+        if not self.mlflow.front_interval_s >= 0:                 # NaN too
+            raise ConfigError("mlflow.front_interval_s", self.mlflow.front_interval_s, "a number of seconds >= 0")
         if self.resources.cpu <= 0 or self.resources.gpu < 0:
             raise ConfigError("resources", {"cpu": self.resources.cpu, "gpu": self.resources.gpu},
                               "cpu > 0 and gpu >= 0")

@@ -5,6 +5,12 @@ metrics at step ``training_iteration`` (steps already logged are skipped, so a r
 repeats none), and on completion the status, a ``stopped_early`` tag and the trial's last
 checkpoint (the model its last metrics describe) as an artifact.
 
+The searched trials' callback (``front_interval_s`` set; not the shared SP phase's) also keeps the
+parent run's front current (:mod:`skipnet.tune.live_front`): at most every ``front_interval_s``
+seconds, and once more at the end if results arrived since, it logs ``pareto/front.png``,
+``front.html`` and ``front.csv`` and the metrics ``pareto_hypervolume_pct`` and
+``pareto_front_size`` at step = training iterations the search has spent so far.
+
 MLflow is a mirror, never a dependency of the search: if the tracking server stops answering,
 the callback says so once, stops calling it (a short ``/health`` probe every ``retry_s``
 seconds decides when to try again) and the search goes on; Tune's own storage keeps every
@@ -13,7 +19,9 @@ result, and ``skipnet sync-mlflow`` copies what MLflow missed.
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from ray import tune
@@ -27,7 +35,8 @@ class MLflowSearchCallback(tune.Callback):
     def __init__(self, tracking_uri: str | None, experiment_name: str, parent_run_id: str,
                  tags: dict[str, str], max_steps: int, base_train: dict[str, Any] | None = None,
                  search_path: str | None = None, retry_s: float = 30.0,
-                 sp_runs: dict[str, str] | None = None, ends_search: bool = True) -> None:
+                 sp_runs: dict[str, str] | None = None, ends_search: bool = True,
+                 front_interval_s: float | None = None, front_offset: float = 0.0) -> None:
         self.tracking_uri, self.experiment_name = tracking_uri, experiment_name
         self.sp_runs, self.ends_search = sp_runs, ends_search    # SP key -> SP run (lineage); SP phase: False
         self.base_train = base_train or {}
@@ -38,6 +47,10 @@ class MLflowSearchCallback(tune.Callback):
         self._offline_since: float | None = None
         self._last_probe = 0.0
         self.missed = 0                                  # events not mirrored while MLflow was down
+        self.live = None                                 # the live front (searched trials only)
+        if front_interval_s is not None:
+            from skipnet.tune.live_front import LiveFront
+            self.live = LiveFront(tags.get("search_id", ""), parent_run_id, front_interval_s, front_offset)
 
     @property
     def tracker(self) -> SearchTracker:
@@ -97,6 +110,8 @@ class MLflowSearchCallback(tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result: dict[str, Any], **info) -> None:
         self._mirror("a result", self._log_result, trial, result)
+        if self.live is not None:
+            self._add_to_front(trial, result)
 
     def _log_result(self, trial, result: dict[str, Any]) -> None:
         run_id = self._run(trial)
@@ -105,6 +120,41 @@ class MLflowSearchCallback(tune.Callback):
             return                                   # already logged before a restart
         self.tracker.log_metrics(run_id, result, step)
         self._last_step[run_id] = step
+
+    # -- the live front -------------------------------------------------------------------------
+    def _add_to_front(self, trial, result: dict[str, Any]) -> None:
+        from skipnet.config import flatten
+        try:
+            self.live.add(trial.trial_id, result, flatten(full_train_config(trial.config, self.base_train)))
+        except Exception as e:                       # never let bookkeeping fail the search
+            log.warning("live front: result of trial %s left out (%s: %s)", trial.trial_id, type(e).__name__, e)
+        if self.live.due() and self._offline_since is None:     # MLflow down: wait, no event is lost
+            self._mirror("the live front", self._log_front)
+
+    def _log_front(self) -> None:
+        """Draw the front over the results so far and log it to the parent run."""
+        from skipnet import plots, tracking
+        from skipnet.fronts import front_csv
+        update = self.live.update({tid: self.tracker.find_child(tid) or "" for tid in self.live.points})
+        if update is None:
+            return                                   # no trial reported both metrics yet
+        with tempfile.TemporaryDirectory(prefix="skipnet-live-front-") as tmp:
+            title = f"{update.front.search_id} after {update.step} training iterations"
+            try:
+                files = [plots.front_png([update.front], Path(tmp) / "front.png", title=title),
+                         plots.front_html([update.front], Path(tmp) / "front.html", title=title)]
+            except Exception as e:                   # a drawing problem is not an MLflow outage
+                log.warning("live front: plots left out (%s: %s)", type(e).__name__, e)
+                files = []
+            csv = Path(tmp) / "front.csv"
+            csv.write_text(front_csv(update.front))
+            try:
+                tracking.log_live_front(self.tracker.client, update.front, [*files, csv], update.step)
+            except Exception as e:                   # the next due update tries again; results go on
+                log.warning("live front not logged (%s: %.200s); the next update tries again", type(e).__name__, e)
+                self.live.retry_later()
+                return
+        self.live.logged(update)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self._mirror("a trial end", self._complete, trial)
@@ -124,11 +174,20 @@ class MLflowSearchCallback(tune.Callback):
                                                                      {"tune_status": "error"}))
 
     def on_experiment_end(self, trials, **info) -> None:
+        if self.live is not None and self.live.pending:      # a stopped search keeps its last front
+            self._mirror("the search's front", self._log_front)
         if self.ends_search:
             self._mirror("the search end", self.tracker.end_search, "FINISHED")
         if self.missed:
             log.warning("MLflow missed %d events of this search: run skipnet sync-mlflow %s", self.missed,
                         self.search_path)
+
+    def get_state(self) -> dict | None:              # Tune checkpoints it with the experiment (resume)
+        return {"live_front": self.live.get_state()} if self.live is not None else None
+
+    def set_state(self, state: dict) -> None:
+        if self.live is not None and state.get("live_front"):
+            self.live.set_state(state["live_front"])
 
     def __getstate__(self):                          # Tune pickles callbacks into its experiment state
         state = dict(self.__dict__)

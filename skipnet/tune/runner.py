@@ -192,7 +192,10 @@ def build_tuner(exp: ExperimentConfig, search_id: str, parent_run_id: str, track
     callback = MLflowSearchCallback(tracking_uri, exp.mlflow.experiment_name, parent_run_id,
                                     tags, exp.budget.max_steps, exp.base_train(),
                                     search_path=_search_path(exp, search_id),
-                                    sp_runs=shared.runs if shared else None)
+                                    sp_runs=shared.runs if shared else None,
+                                    # live front: its step is compute spent, the SP phase's included
+                                    front_interval_s=exp.mlflow.front_interval_s,
+                                    front_offset=_sp_iterations(exp, search_id) if shared else 0.0)
     score = exp.scheduler.metric
     return tune.Tuner(
         _trainable(exp, sp_results=shared.checkpoints if shared else None), param_space=param_space,
@@ -333,6 +336,14 @@ def search_cost(path: str) -> dict[str, float]:
                 stage = "hrl" if result.get("stage") == "hrl" else "sp"
                 cost[stage] += float(result.get("iterations_trained", 0))
     return cost
+
+
+def _sp_iterations(exp: ExperimentConfig, search_id: str) -> float:
+    """Training iterations the search's shared SP phase ran (0 where they cannot be read)."""
+    try:
+        return sum(search_cost(f"{_search_path(exp, search_id).rstrip('/')}/{SP_DIR}").values())
+    except Exception:                                  # bookkeeping never fails a search
+        return 0.0
 
 
 def _log_cost(exp: ExperimentConfig, path: str, parent: str, uri: str, wall_s: float) -> None:

@@ -93,6 +93,9 @@ def test_mlflow_shows_the_lineage_and_the_cost(shared, mlflow_server):
     assert parent.data.metrics["search_sp_iterations"] == 2 * SP_ITERATIONS
     assert parent.data.metrics["search_hrl_iterations"] == 6 * HRL_ITERATIONS
     assert parent.data.metrics["search_wall_time_s"] > 0
+    # the live front's steps are compute spent, the SP phase's included: the last one is the whole cost
+    steps = [m.step for m in client.get_metric_history(summary.parent_run_id, "pareto_hypervolume_pct")]
+    assert steps and min(steps) > 2 * SP_ITERATIONS and max(steps) == 2 * SP_ITERATIONS + 6 * HRL_ITERATIONS
 
 
 def test_sharing_plan_follows_the_search_space(tmp_path):
