@@ -20,9 +20,9 @@ from typing import Any
 from skipnet.config import from_dict, to_dict
 from skipnet.errors import ConfigError, SkipNetError
 from skipnet.train.run import write_text_atomic
-from skipnet.tune.experiment import ExperimentConfig
+from skipnet.tune.experiment import PBT_TYPES, ExperimentConfig
 from skipnet.tune.sharing import SP_DIR, SPPlan, checkpoint_uri, plan_sharing, sp_key
-from skipnet.tune.spaces import (SearchSpace, check_pbt_mutations, constants, to_optuna_distributions,
+from skipnet.tune.spaces import (SearchSpace, constants, to_optuna_distributions,
                                  to_pbt_mutations, to_tune_space)
 
 SEARCH_FILE = "skipnet_search.json"
@@ -101,7 +101,7 @@ def load_space(exp: ExperimentConfig) -> SearchSpace:
 
 def build_scheduler(exp: ExperimentConfig):
     """The Tune scheduler the experiment names (raises ConfigError on a bad PBT mutations file)."""
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from skipnet.tune.moasha import MOASHA
     s = exp.scheduler
@@ -111,12 +111,16 @@ def build_scheduler(exp: ExperimentConfig):
     if s.type == "moasha":
         return MOASHA(MO_METRICS, MO_MODES, max_t=exp.budget.max_steps, grace_period=s.grace_period,
                       reduction_factor=s.reduction_factor)
-    if s.type == "pbt":
+    if s.type in PBT_TYPES:
+        from skipnet.tune.pbt import MOPBT, SkipNetPBT, WithinBounds
+        from skipnet.tune.spaces import pbt_bounds
         mutations = SearchSpace.from_yaml(exp.resolve(s.mutations))
-        check_pbt_mutations(mutations)
-        return PopulationBasedTraining(time_attr="training_iteration", perturbation_interval=s.perturbation_interval,
-                                       hyperparam_mutations=to_pbt_mutations(mutations),
-                                       quantile_fraction=s.quantile_fraction)
+        common = dict(time_attr="training_iteration", perturbation_interval=s.perturbation_interval,
+                      hyperparam_mutations=to_pbt_mutations(mutations), quantile_fraction=s.quantile_fraction,
+                      custom_explore_fn=WithinBounds(pbt_bounds(mutations)))
+        if s.type == "mopbt":
+            return MOPBT(MO_METRICS, MO_MODES, diversity=s.diversity, **common)
+        return SkipNetPBT(**common)
     return FIFOScheduler()
 
 
@@ -144,7 +148,7 @@ def _limits_itself(search_alg) -> bool:
 
 
 def _metric_mode(exp: ExperimentConfig) -> tuple[str | None, str | None]:
-    if exp.searcher.type == "optuna-mo" or exp.scheduler.type == "moasha":
+    if exp.searcher.type == "optuna-mo" or exp.scheduler.type in ("moasha", "mopbt"):
         return None, None
     return exp.scheduler.metric, "max"
 
@@ -181,6 +185,7 @@ def build_tuner(exp: ExperimentConfig, search_id: str, parent_run_id: str, track
     from ray import tune
 
     from skipnet.tune.mlflow_callback import MLflowSearchCallback
+    from skipnet.tune.result_logs import result_loggers
     if plan is not None:                      # trials train HRL only: the budget counts HRL reports
         exp = dataclasses.replace(exp, budget=dataclasses.replace(exp.budget, max_steps=plan.hrl_steps))
     space = load_space(exp)
@@ -196,7 +201,7 @@ def build_tuner(exp: ExperimentConfig, search_id: str, parent_run_id: str, track
                                     # live front: its step is compute spent, the SP phase's included
                                     front_interval_s=exp.mlflow.front_interval_s,
                                     front_offset=_sp_iterations(exp, search_id) if shared else 0.0)
-    score = exp.scheduler.metric
+    score, pbt = exp.scheduler.metric, exp.scheduler.type in PBT_TYPES
     return tune.Tuner(
         _trainable(exp, sp_results=shared.checkpoints if shared else None), param_space=param_space,
         tune_config=tune.TuneConfig(metric=metric, mode=mode, scheduler=build_scheduler(exp), search_alg=search_alg,
@@ -205,12 +210,13 @@ def build_tuner(exp: ExperimentConfig, search_id: str, parent_run_id: str, track
                                     reuse_actors=True),
         run_config=tune.RunConfig(
             name=search_id, storage_path=_storage(exp), stop={"training_iteration": exp.budget.max_steps},
-            # PBT exploits other trials' checkpoints: keep them all there (Ray warns below 3)
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=None if exp.scheduler.type == "pbt" else 2,
-                                                    checkpoint_frequency=1, checkpoint_at_end=True,
+            # PBT exploits other trials' checkpoints: keep them all there (Ray warns below 3); the
+            # scheduler saves every member at each perturbation, Tune's own saves would race it
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None if pbt else 2,
+                                                    checkpoint_frequency=0 if pbt else 1, checkpoint_at_end=True,
                                                     checkpoint_score_attribute=score, checkpoint_score_order="max"),
             failure_config=tune.FailureConfig(max_failures=exp.max_failures),
-            callbacks=[callback], verbose=1))
+            callbacks=[callback, *result_loggers()], verbose=1))
 
 
 @dataclass
@@ -226,6 +232,7 @@ def build_sp_tuner(exp: ExperimentConfig, search_id: str, parent_run_id: str, tr
     from ray import tune
 
     from skipnet.tune.mlflow_callback import MLflowSearchCallback
+    from skipnet.tune.result_logs import result_loggers
     callback = MLflowSearchCallback(tracking_uri, exp.mlflow.experiment_name, parent_run_id,
                                     dict(_tags(exp, search_id), role="sp"), plan.steps, exp.base_train(),
                                     search_path=_search_path(exp, search_id), ends_search=False)
@@ -236,7 +243,7 @@ def build_sp_tuner(exp: ExperimentConfig, search_id: str, parent_run_id: str, tr
             name=SP_DIR, storage_path=_search_path(exp, search_id),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_frequency=1, checkpoint_at_end=True),
             failure_config=tune.FailureConfig(max_failures=exp.max_failures),
-            callbacks=[callback], verbose=1))
+            callbacks=[callback, *result_loggers()], verbose=1))
 
 
 def _shared_sp(exp: ExperimentConfig, results, tracking_uri: str, parent_run_id: str) -> SharedSP:
@@ -433,10 +440,13 @@ def sync_mlflow(path: str) -> dict[str, int]:
                 tracker.log_metrics(run_id, result, step)
                 logged.add(step)
                 counts["results_logged"] += 1
+        run = tracker.client.get_run(run_id)
+        schedule = next((r["hyperparameter_schedule"] for r in reversed(results) if r.get("hyperparameter_schedule")), None)
+        if schedule and run.data.tags.get("hyperparameter_schedule") != schedule:
+            tracker.set_tags(run_id, {"hyperparameter_schedule": schedule})
         if trial.status not in ("TERMINATED", "ERROR"):
             finished = False
             continue
-        run = tracker.client.get_run(run_id)
         end = completion_tags(results[-1] if results else {}, exp.budget.max_steps)
         checkpoint = _last_checkpoint(trial_dir)
         if trial.status == "TERMINATED" and checkpoint is not None and not tracker.has_checkpoint(run_id):
