@@ -278,7 +278,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         point, train_config, selected_by=selected_by, experiment=tracking.experiment_name(client, parent),
         tracking_uri=tracking.resolve_uri(args.tracking_uri), checkpoint_uri=checkpoint_uri,
         code_version=parent.data.tags.get("skipnet.version") or tracking.code_version(),
-        scheduler=run.data.tags.get("scheduler"))
+        scheduler=run.data.tags.get("scheduler"), schedule=_schedule(run))
     if args.register:
         doc[export.EXPORT_KEY]["registered_model"] = export.register(client, point, args.register, args.alias, checkpoint_uri)
     path = export.write_export(doc, args.output)
@@ -288,6 +288,13 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"registered as {doc[export.EXPORT_KEY]['registered_model']['uri']}")
     print(f"reproduce it: skipnet train --config {path}")
     return 0
+
+
+def _schedule(run) -> list | None:
+    """The trial's hyperparameter schedule (PBT, MO-PBT), as its MLflow run's tag holds it."""
+    import json
+    text = run.data.tags.get("hyperparameter_schedule")
+    return json.loads(text) if text else None
 
 
 def cmd_sync_mlflow(args: argparse.Namespace) -> int:

@@ -48,16 +48,26 @@ def reproducing_config(cfg: dict[str, Any], iteration: int) -> dict[str, Any]:
 
 def export_document(point: TrialPoint, train_config: dict[str, Any], *, selected_by: str, experiment: str,
                     tracking_uri: str, checkpoint_uri: str | None, code_version: str,
-                    scheduler: str | None = None) -> dict[str, Any]:
-    """The exported file's content (validated: ``skipnet train --config`` accepts it)."""
+                    scheduler: str | None = None, schedule: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The exported file's content (validated: ``skipnet train --config`` accepts it).
+
+    ``schedule``: the trial's ``hyperparameter_schedule`` (PBT, MO-PBT). With more than one
+    segment the weights changed hyperparameters (or came from another trial) during the search:
+    the config then holds the last segment's values, the schedule goes into the ``export``
+    section and the file says ``reproducible: false`` (retraining does not replay a schedule;
+    the checkpoint is the model)."""
     cfg = reproducing_config(train_config, point.iteration)
+    changed = len(schedule) > 1 if schedule else scheduler in ("pbt", "mopbt")
+    if schedule:
+        last = schedule[-1]
+        cfg["hrl"] = dict(cfg.get("hrl", {}), alpha=last["hrl.alpha"], lr=last["hrl.lr"])
     cfg["output_dir"] = f"runs/{point.search_id}/{point.trial_id}"
     if cfg.get("threads") is None and point.metrics.get("threads"):
         cfg["threads"] = int(point.metrics["threads"])          # float sums differ with the thread count
     cfg = to_dict(load_train_config(None, base=dict(cfg)))    # validated, in the config's own key order
-    note = ("PBT changed this trial's hyperparameters and weights during the search: the config holds its "
-            "final values and retraining it will not reproduce it exactly; use the checkpoint"
-            if scheduler == "pbt" else "skipnet train --config FILE retrains this model with the same seed")
+    note = (f"{scheduler} changed this trial's hyperparameters or weights during the search (see schedule): the "
+            "config holds the final values and retraining it does not replay the schedule; use the checkpoint"
+            if changed else "skipnet train --config FILE retrains this model with the same seed")
     cfg[EXPORT_KEY] = {
         "selected_by": selected_by,
         "trial_id": point.trial_id,
@@ -66,10 +76,12 @@ def export_document(point: TrialPoint, train_config: dict[str, Any], *, selected
                        "search_id": point.search_id, "mlflow_experiment": experiment,
                        "tracking_uri": tracking_uri, "code_version": code_version,
                        "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                       "reproducible": scheduler != "pbt", "note": note},
+                       "reproducible": not changed, "note": note},
         "checkpoint": {"mlflow": f"runs:/{point.run_id}/checkpoint", "artifact_uri": checkpoint_uri,
                        "tune_path": point.checkpoint_path},
     }
+    if schedule:
+        cfg[EXPORT_KEY]["schedule"] = schedule
     return cfg
 
 

@@ -175,9 +175,12 @@ class SearchTracker:
         for i in range(0, len(batch), 500):
             self.client.log_batch(run_id, metrics=batch[i:i + 500])
 
+    def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
     def end_child(self, run_id: str, status: str, tags: dict[str, str] | None = None) -> None:
         if tags:
-            self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+            self.set_tags(run_id, tags)
         self.client.set_terminated(run_id, status=status)
 
     def log_checkpoint(self, run_id: str, directory: str | os.PathLike) -> None:

@@ -2,7 +2,7 @@
 
 An experiment states only what differs from the defaults below; ``load_experiment`` validates it
 into a frozen ``ExperimentConfig`` (errors name the key: ``x.yaml: scheduler.type: must be one
-of fifo, asha, pbt, moasha (got 'hyperband')``). Pure data: importing this module imports no
+of fifo, asha, pbt, moasha, mopbt (got 'hyperband')``). Pure data: importing this module imports no
 ray; ``validate`` reads the search space (ray, optuna) only for stage hrl from an existing
 ``hrl.init_checkpoint``, to refuse gate types that checkpoint cannot start.
 """
@@ -16,6 +16,7 @@ from skipnet.config import from_dict, load_train_config, read_yaml
 from skipnet.errors import ConfigError
 
 METRICS = ("val_top1", "val_computation_pct", "objective")
+PBT_TYPES = ("pbt", "mopbt")           # schedulers that exploit checkpoints and mutate hyperparameters
 
 
 @dataclass(frozen=True)
@@ -26,14 +27,15 @@ class BudgetConfig:
 
 @dataclass(frozen=True)
 class SchedulerConfig:
-    type: Literal["fifo", "asha", "pbt", "moasha"] = "fifo"
+    type: Literal["fifo", "asha", "pbt", "moasha", "mopbt"] = "fifo"
     metric: Literal["val_top1", "objective"] = "val_top1"   # ASHA/PBT: the scalar they compare
     objective_weight: float = 0.2      # objective = val_top1 - weight * val_computation_pct
     grace_period: int = 1
     reduction_factor: int = 3
     perturbation_interval: int = 2     # PBT, in steps
-    quantile_fraction: float = 0.25    # PBT
-    mutations: str | None = None       # PBT: search-space file of the mutated keys
+    quantile_fraction: float = 0.25    # PBT, MO-PBT
+    mutations: str | None = None       # PBT, MO-PBT: search-space file of the mutated keys
+    diversity: Literal["crowding", "scattered"] = "crowding"   # MO-PBT's order within a front
 
 
 @dataclass(frozen=True)
@@ -94,8 +96,8 @@ class ExperimentConfig:
         if self.resources.cpu <= 0 or self.resources.gpu < 0:
             raise ConfigError("resources", {"cpu": self.resources.cpu, "gpu": self.resources.gpu},
                               "cpu > 0 and gpu >= 0")
-        if self.scheduler.type == "pbt" and not self.scheduler.mutations:
-            raise ConfigError("scheduler.mutations", None, "a search-space file of mutated keys for PBT")
+        if self.scheduler.type in PBT_TYPES and not self.scheduler.mutations:
+            raise ConfigError("scheduler.mutations", None, f"a search-space file of mutated keys for {self.scheduler.type}")
         if self.searcher.type == "optuna-mo" and self.scheduler.type in ("asha", "pbt"):
             raise ConfigError("scheduler.type", self.scheduler.type,
                               "fifo or moasha with searcher optuna-mo (ASHA and PBT compare one metric)")

@@ -44,6 +44,7 @@ class MLflowSearchCallback(tune.Callback):
         self.search_path, self.retry_s = search_path, retry_s
         self._tracker: SearchTracker | None = None
         self._last_step: dict[str, int] = {}
+        self._schedules: dict[str, str] = {}             # run -> hyperparameter_schedule last tagged
         self._offline_since: float | None = None
         self._last_probe = 0.0
         self.missed = 0                                  # events not mirrored while MLflow was down
@@ -120,6 +121,10 @@ class MLflowSearchCallback(tune.Callback):
             return                                   # already logged before a restart
         self.tracker.log_metrics(run_id, result, step)
         self._last_step[run_id] = step
+        schedule = result.get("hyperparameter_schedule")
+        if schedule and schedule != self._schedules.get(run_id):     # PBT: what the weights went through
+            self.tracker.set_tags(run_id, {"hyperparameter_schedule": schedule})
+            self._schedules[run_id] = schedule
 
     # -- the live front -------------------------------------------------------------------------
     def _add_to_front(self, trial, result: dict[str, Any]) -> None:

@@ -411,6 +411,13 @@ def to_pbt_mutations(space: SearchSpace) -> dict[str, Any]:
     return out
 
 
+def pbt_bounds(space: SearchSpace) -> dict[str, tuple[float, float]]:
+    """``{key: (low, high)}`` of the numeric mutations: PBT's perturbation (x 0.8 or x 1.2) must
+    stay inside them."""
+    return {key: (d.low, d.high - 1 if isinstance(d, RandInt) else d.high)
+            for key, d in space.params.items() if isinstance(d, (*_CONTINUOUS, RandInt))}
+
+
 # -- trial configs ------------------------------------------------------------------------------
 
 def flatten_trial_config(config: dict[str, Any]) -> dict[str, Any]:

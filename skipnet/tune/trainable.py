@@ -7,10 +7,16 @@ checkpoints, and ``reset_config`` starts the next trial on a reused actor (``reu
 In a search that shares SP (``skipnet.tune.sharing``) a trial of the SP phase trains to the end
 of SP and stops; a searched trial starts from the end-of-SP state of its SP configuration
 (``sp_results``: SP key -> checkpoint URI) and so trains HRL only.
+
+Under PBT a trial's hyperparameters and weights change on exploit. ``schedule`` records what the
+trial's weights went through: one segment per change, ``{"iteration", "hrl.alpha", "hrl.lr",
+"trial"}`` from that training iteration on (the donor's segments come with its checkpoint). It
+is reported as ``hyperparameter_schedule`` (JSON) and carried into exports.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -42,6 +48,7 @@ class SkipNetTrainable(tune.Trainable):
         self.base, self.iterations_per_step, self.objective_weight = base, iterations_per_step, objective_weight
         self.sp_phase, self.sp_results = sp_phase, sp_results or {}
         self.restored_from: str | None = None
+        self.restored_weights = ""                   # digest of the donor weights loaded on exploit
         cfg = self._train_config(config)
         # oversubscribed OpenMP threads stall badly: one per CPU of the trial unless the config says
         torch.set_num_threads(cfg.threads or max(1, int(os.environ.get("OMP_NUM_THREADS", "0")) or int(self._cpus())))
@@ -54,7 +61,13 @@ class SkipNetTrainable(tune.Trainable):
         if self.sp_checkpoint:
             engine.load_state_dict(read_sp_state(self.sp_checkpoint))
         self.start_weights = weights_digest(engine.model.state_dict())
+        self.schedule = [self._segment(engine)]
         return engine
+
+    def _segment(self, engine: Engine, **extra: Any) -> dict[str, Any]:
+        """The hyperparameters the weights train with from the engine's current iteration on."""
+        return {"iteration": engine.global_iteration, "hrl.alpha": engine.cfg.hrl.alpha,
+                "hrl.lr": engine.cfg.hrl.lr, "trial": self.trial_id, **extra}
 
     def _cpus(self) -> float:
         resources = self.trial_resources
@@ -79,8 +92,10 @@ class SkipNetTrainable(tune.Trainable):
         metrics["num_classes"] = self.engine.splits.num_classes      # chance accuracy for fronts
         metrics["threads"] = torch.get_num_threads()                  # what an exact rerun needs
         metrics["restored_from"] = self.restored_from or ""
+        metrics["restored_weights"] = self.restored_weights
         metrics["sp_checkpoint"] = self.sp_checkpoint or ""
         metrics["start_weights"] = self.start_weights
+        metrics["hyperparameter_schedule"] = json.dumps(self.schedule)
         if self.sp_phase and self.engine.stage == "sp" and self.engine.iteration >= self.engine.cfg.sp.iterations:
             metrics["sp_done"] = metrics["done"] = True
         elif self.engine.done:
@@ -93,6 +108,8 @@ class SkipNetTrainable(tune.Trainable):
     def save_checkpoint(self, checkpoint_dir: str) -> str:
         state = self.engine.state_dict()
         state["trial_id"] = self.trial_id
+        state["schedule"] = self.schedule
+        state["weights_digest"] = weights_digest(self.engine.model.state_dict())
         atomic_save(state, Path(checkpoint_dir) / CHECKPOINT_FILE)
         return checkpoint_dir
 
@@ -106,7 +123,12 @@ class SkipNetTrainable(tune.Trainable):
         lr = (cfg.hrl if self.engine.stage == "hrl" else cfg.sp).lr
         self.engine.update_hyperparameters(lr=lr, alpha=cfg.hrl.alpha)
         donor = state.get("trial_id")
-        self.restored_from = donor if donor and donor != self.trial_id else self.restored_from
+        if donor and donor != self.trial_id:       # a PBT exploit: the donor's weights and history
+            self.restored_from = donor
+            self.restored_weights = weights_digest(self.engine.model.state_dict())
+            self.schedule = [*state.get("schedule", []), self._segment(self.engine, cloned_from=donor)]
+        else:                                      # our own checkpoint (a retry or a resume)
+            self.schedule = state.get("schedule", self.schedule)
 
     def reset_config(self, new_config: dict[str, Any]) -> bool:
         """A reused actor starts another trial (or a PBT exploit, restored right after): a fresh
@@ -114,7 +136,7 @@ class SkipNetTrainable(tune.Trainable):
         cfg, old = self._train_config(new_config), self.engine.cfg
         same_data = (cfg.data, cfg.seed) == (old.data, old.seed)
         self.engine = self._start(cfg, splits=self.engine.splits if same_data else None)
-        self.config, self.restored_from = new_config, None
+        self.config, self.restored_from, self.restored_weights = new_config, None, ""
         return True
 
 

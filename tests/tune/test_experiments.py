@@ -32,7 +32,8 @@ def test_quickstart_is_laptop_sized_and_shares_sp():
     assert len(plan.variants) == 2                       # one SP per gate type
 
 
-@pytest.mark.parametrize("name", ["cifar10_pbt.yaml", "cifar10_pareto_optuna.yaml"])
+@pytest.mark.parametrize("name", ["cifar10_pbt.yaml", "cifar10_mopbt.yaml", "quickstart_mopbt.yaml",
+                                  "cifar10_pareto_optuna.yaml"])
 def test_pipeline_experiments_share_one_sp_per_gate_type(name):
     from skipnet.tune.sharing import plan_sharing
     exp = load_experiment(ROOT / "experiments" / name)
@@ -48,6 +49,8 @@ def test_pipeline_experiments_share_one_sp_per_gate_type(name):
     ("train: {hrl: {alpha: -1}}", "train.hrl.alpha: must be a number >= 0"),
     ("train: {model: {arhc: x}}", "train.model.arhc: must be a known key"),
     ("scheduler: {type: pbt}", "scheduler.mutations"),
+    ("scheduler: {type: mopbt}", "scheduler.mutations: must be a search-space file of mutated keys for mopbt"),
+    ("scheduler: {type: mopbt, diversity: wide}", "scheduler.diversity: must be one of crowding, scattered"),
     ("searcher: {type: optuna-mo}\nscheduler: {type: asha}", "scheduler.type: must be fifo or moasha"),
     ("resources: {cpu: 0}", "resources: must be cpu > 0"),
     ("numsamples: 3", "numsamples: must be a known key"),

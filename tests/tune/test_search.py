@@ -1,11 +1,20 @@
 """Searches with real components: local Ray on 127.0.0.1 and a real MLflow server."""
 import dataclasses
+import json
+import math
+from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
+from skipnet import export, tracking
+from skipnet.cli import _schedule
 from skipnet.config import from_dict
 from skipnet.tune.experiment import ExperimentConfig
+from skipnet.pareto import is_pareto_front
+from skipnet.tune.pbt import DECISIONS_FILE, population_order
 from skipnet.tune.runner import run_search
 
 TINY_TRAIN = {
@@ -68,32 +77,125 @@ def test_asha_search_through_mlflow_server(tmp_path, mlflow_server, local_ray):
     assert any(mlflow_server["artifacts"].rglob("engine.pt"))
 
 
-def test_pbt_exploit_restores_the_donor_checkpoint(tmp_path, mlflow_server, local_ray):
+def trial_results(summary) -> dict[str, list[dict]]:
+    """Every result each trial reported, in order, from Tune's result.json files."""
+    out = {}
+    for path in Path(summary.path).glob("*/result.json"):
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        if rows:
+            out[rows[0]["trial_id"]] = rows
+    return out
+
+
+def decisions(summary) -> list[dict]:
+    path = Path(summary.path) / DECISIONS_FILE
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def saved_digests(summary, trial_id) -> set[str]:
+    """The weights digest of every checkpoint a trial saved."""
+    trial_dir = next(p for p in Path(summary.path).iterdir() if trial_id in p.name)
+    return {torch.load(f, map_location="cpu", weights_only=False)["weights_digest"]
+            for f in trial_dir.glob("checkpoint_*/engine.pt")}
+
+
+def check_exploits(summary, results, alpha_range, lr_range) -> list[dict]:
+    """What every PBT variant must show; returns the exploits."""
+    def gate_of(row):                             # None: the gate is not searched, one family
+        return row["config"].get("model", {}).get("gate")
+    gate = {tid: gate_of(rows[0]) for tid, rows in results.items()}
+    for tid, rows in results.items():
+        assert [r["training_iteration"] for r in rows] == list(range(1, len(rows) + 1))   # no gap, no repeat
+        assert {gate_of(r) for r in rows} == {gate[tid]}                                  # never mutated
+        for r in rows:
+            assert alpha_range[0] <= r["alpha"] <= alpha_range[1]
+            assert lr_range[0] <= r["config"]["hrl"]["lr"] <= lr_range[1]
+        schedule = json.loads(rows[-1]["hyperparameter_schedule"])
+        assert schedule[-1]["hrl.alpha"] == rows[-1]["alpha"] and schedule[-1]["hrl.lr"] == rows[-1]["config"]["hrl"]["lr"]
+    exploits = [d for d in decisions(summary) if d["donor"]]
+    assert exploits, "no PBT exploit happened"
+    for d in exploits:
+        trial, donor = d["trial"], d["donor"]
+        assert gate[donor] == gate[trial] and d["family"] == gate[trial]                  # within the family
+        after = next(r for r in results[trial] if r["training_iteration"] == d["time"] + 1)
+        assert after["restored_from"] == donor
+        # its weights are the donor's, as the donor saved them (not its own, as Ray's race left them)
+        assert after["restored_weights"] in saved_digests(summary, donor)
+        assert after["restored_weights"] not in saved_digests(summary, trial)
+        assert any(seg.get("cloned_from") == donor for seg in json.loads(after["hyperparameter_schedule"]))
+    return exploits
+
+
+PBT_SPACE = {"hrl.alpha": {"type": "loguniform", "low": 1e-3, "high": 1.0},
+             "hrl.lr": {"type": "loguniform", "low": 1e-3, "high": 3e-2},
+             "model.gate": {"type": "grid", "values": ["feedforward_conv", "recurrent"]}}
+
+
+def test_pbt_population_of_four_exploits_within_each_gate_family(tmp_path, mlflow_server, local_ray):
     mutations = tmp_path / "mutations.yaml"
     mutations.write_text("hrl.lr: {type: loguniform, low: 1.0e-3, high: 3.0e-2}\n"
                          "hrl.alpha: {type: loguniform, low: 1.0e-3, high: 1.0}\n")
-    exp = experiment(tmp_path, mlflow_server["url"], "pbt-test", num_samples=4,
+    exp = experiment(tmp_path, mlflow_server["url"], "pbt-test", num_samples=2, search_space=PBT_SPACE,
                      budget={"iterations_per_step": 2, "max_steps": 4},
                      scheduler={"type": "pbt", "metric": "objective", "perturbation_interval": 1,
                                 "quantile_fraction": 0.5, "mutations": str(mutations)})
     summary = run_search(exp)
     assert summary.errors == 0
+    results = trial_results(summary)
+    assert sorted(rows[0]["config"]["model"]["gate"] for rows in results.values()) == \
+        ["feedforward_conv", "feedforward_conv", "recurrent", "recurrent"]
+    exploits = check_exploits(summary, results, (1e-3, 1.0), (1e-3, 3e-2))
+    for d in decisions(summary):                  # scalar PBT: quantiles by the objective, within the family
+        order = sorted(d["points"], key=lambda t: -d["points"][t][0])
+        n = min(math.ceil(len(order) * 0.5), len(order) // 2)
+        assert d["upper"] == order[:n] and d["lower"] == (order[len(order) - n:] if n else [])
     client = MlflowClient(mlflow_server["url"])
     runs = {r.data.tags["trial_id"]: r for r in children(client, summary)}
-    exploits = []
-    from ray.tune import ExperimentAnalysis
-    analysis = ExperimentAnalysis(summary.path)
-    configs = {t.trial_id: t.config for t in analysis.trials}
-    for trial_id, frame in analysis.trial_dataframes.items():
-        for donor in frame.get("restored_from", []):
-            if isinstance(donor, str) and donor:
-                exploits.append((trial_id, donor))
-    assert exploits, "no PBT exploit restored a donor checkpoint"
-    for trial_id, donor in exploits:
-        assert donor in configs and donor != trial_id
-    # a restored checkpoint of another gate type would fail to load (other parameter names):
-    # no error above means the gate type travelled with the donor's weights
     assert len(runs) == 4
+    for d in exploits:                            # the history is on the trial's MLflow run
+        assert runs[d["trial"]].data.tags["hyperparameter_schedule"] == results[d["trial"]][-1]["hyperparameter_schedule"]
+    # an export says what the trial went through: the schedule, not reproducible unless untouched
+    points = {p.trial_id: p for p in tracking.search_trials(client, client.get_run(summary.parent_run_id))}
+    for trial_id, run in runs.items():
+        schedule = _schedule(run)
+        doc = export.export_document(points[trial_id], tracking.download_train_config(client, run.info.run_id, tmp_path),
+                                     selected_by="test", experiment="pbt-test", tracking_uri=mlflow_server["url"],
+                                     checkpoint_uri=None, code_version="test", scheduler="pbt", schedule=schedule)
+        section = doc[export.EXPORT_KEY]
+        assert section["schedule"] == schedule and section["checkpoint"]["tune_path"]
+        assert section["provenance"]["reproducible"] == (trial_id not in {d["trial"] for d in exploits})
+        assert (doc["hrl"]["alpha"], doc["hrl"]["lr"]) == (schedule[-1]["hrl.alpha"], schedule[-1]["hrl.lr"])
+        assert doc["hrl"]["alpha"] == results[trial_id][-1]["alpha"]
+
+
+def test_mopbt_exploits_by_pareto_rank_and_keeps_a_spread_front(tmp_path, mlflow_server, local_ray):
+    mutations = tmp_path / "mutations.yaml"
+    mutations.write_text("hrl.lr: {type: loguniform, low: 5.0e-3, high: 3.0e-2}\n"
+                         "hrl.alpha: {type: loguniform, low: 1.0, high: 30.0}\n")
+    space = {"hrl.alpha": {"type": "loguniform", "low": 1.0, "high": 30.0},
+             "hrl.lr": {"type": "loguniform", "low": 5e-3, "high": 3e-2}}
+    # an SP good enough that alpha trades accuracy for computation, shared by the population
+    train = dict(TINY_TRAIN, model={"arch": "cifar10_skipnet_20_recurrent"},
+                 sp={"batch_size": 32, "iterations": 60, "lr_milestones": [], "eval_every": 60},
+                 hrl={"batch_size": 16, "iterations": 16, "lr": 0.01, "eval_every": 4})
+    exp = experiment(tmp_path, mlflow_server["url"], "mopbt-test", num_samples=6, search_space=space, train=train,
+                     share_sp=True, budget={"iterations_per_step": 4, "max_steps": 4},
+                     scheduler={"type": "mopbt", "perturbation_interval": 1, "mutations": str(mutations)})
+    summary = run_search(exp)
+    assert summary.errors == 0
+    results = trial_results(summary)
+    assert len(results) == 6
+    check_exploits(summary, results, (1.0, 30.0), (5e-3, 3e-2))
+    reported = {tid: {(r["val_top1"], r["val_computation_pct"]) for r in rows} for tid, rows in results.items()}
+    for d in decisions(summary):                  # replay: the rule gives the recorded quantiles
+        ids = list(d["points"])
+        assert all(tuple(d["points"][t]) in reported[t] for t in ids)     # ranked on what trials reported
+        order = [ids[i] for i in population_order(np.array([d["points"][t] for t in ids]), ["max", "min"])]
+        n = min(math.ceil(len(order) * 0.25), len(order) // 2)
+        assert d["upper"] == order[:n] and d["lower"] == (order[len(order) - n:] if n else [])
+        assert (d["donor"] is None or d["donor"] in d["upper"]) and (d["donor"] is None) == (d["trial"] not in d["lower"])
+    final = np.array([[rows[-1]["val_top1"], rows[-1]["val_computation_pct"]] for rows in results.values()])
+    assert is_pareto_front(final, ["max", "min"]).sum() >= 3, final
 
 
 def test_optuna_multi_objective_search(tmp_path, mlflow_server, local_ray):

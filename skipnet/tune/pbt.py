@@ -1,0 +1,239 @@
+"""Population Based Training for SkipNet searches: scalar PBT that exploits, and multi-objective PBT.
+
+``SkipNetPBT`` is Ray Tune's ``PopulationBasedTraining`` with three changes:
+
+- **Every member saves at each perturbation** (not only the top quantile), and Tune's own
+  periodic checkpoints are off for PBT searches (the runner sets ``checkpoint_frequency=0``).
+  Ray's PBT skipped exploits for want of a donor checkpoint when the donor had not been in the
+  top quantile at its own last perturbation; and a periodic save scheduled right after an
+  exploit (the paused trial's actor is kept for reuse) overwrote the donor's checkpoint with
+  the trial's own, so the "exploited" trial silently resumed its own weights.
+- **Members copy only members of their own gate family** (``model.gate``): a checkpoint of
+  another gate type would not even load, and a population ranked as a whole lost whole
+  families. Quantiles are taken within the family.
+- **A trial keeps counting its own steps** after an exploit: it continues from its own
+  ``training_iteration`` with the donor's weights, so every trial reports steps 1, 2, ...
+  without gaps or repeats and runs the same number of steps as the others.
+
+``MOPBT`` (Dushatskiy et al., "Multi-Objective Population Based Training", ICML 2023) orders the
+members by non-dominated rank over (val_top1 max, val_computation_pct min) and, within a rank,
+by diversity (crowding distance or the paper's greedy scattered subset selection), instead of
+one scalar score: the population stays spread over the accuracy/computation front.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import PopulationBasedTraining
+from ray.tune.schedulers.pbt import _FutureTrainingResult
+
+from skipnet import pareto
+
+if TYPE_CHECKING:
+    from ray.tune.execution.tune_controller import TuneController
+
+log = logging.getLogger(__name__)
+
+DIVERSITY = ("crowding", "scattered")
+DECISIONS_FILE = "pbt_decisions.jsonl"       # one JSON line per perturbation, in the search directory
+
+
+class SkipNetPBT(PopulationBasedTraining):
+    """Scalar PBT (ranks by ``metric``) with the fixes above. ``family_key``: the dotted config
+    key whose value must match between a member and its donor."""
+
+    def __init__(self, *, family_key: str = "model.gate", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.family_key = family_key
+
+    # -- ranking ------------------------------------------------------------------------------
+    def _ordered(self, trials: list[Trial]) -> list[Trial]:
+        """``trials`` from best to worst (all have a last result)."""
+        return sorted(trials, key=lambda t: self._trial_state[t].last_score, reverse=True)
+
+    def _family(self, trial: Trial) -> Any:
+        node: Any = trial.config
+        if self.family_key in node:
+            return node[self.family_key]
+        for part in self.family_key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        return node
+
+    def _quantiles_of(self, trials: list[Trial]) -> tuple[list[Trial], list[Trial]]:
+        """(lower, upper) quantile of ``trials``, as Ray's PBT sizes them."""
+        trials = [t for t in trials if self._trial_state[t].last_score is not None]
+        if len(trials) <= 1:
+            return [], []
+        ordered = self._ordered(trials)
+        n = int(math.ceil(len(ordered) * self._quantile_fraction))
+        n = min(n, len(ordered) // 2)
+        return (ordered[len(ordered) - n:], ordered[:n]) if n else ([], [])
+
+    def _quantiles(self) -> tuple[list[Trial], list[Trial]]:
+        return self._quantiles_of(list(self._trial_state))
+
+    def family_quantiles(self, trial: Trial) -> tuple[list[Trial], list[Trial]]:
+        family = self._family(trial)
+        return self._quantiles_of([t for t in self._trial_state if self._family(t) == family])
+
+    # -- checkpoint or exploit ----------------------------------------------------------------
+    def _checkpoint_or_exploit(self, trial: Trial, tune_controller: "TuneController",
+                               upper_quantile: list[Trial], lower_quantile: list[Trial]) -> None:
+        lower, upper = self.family_quantiles(trial)
+        state = self._trial_state[trial]
+        donor = None
+        if trial in lower:
+            donors = [t for t in upper if self._donor_checkpoint(t)]
+            if donors:
+                donor = random.choice(donors)
+            else:
+                log.info("[pbt] no member of %s's gate family has a checkpoint yet: %s keeps training",
+                         self._family(trial), trial.trial_id)
+        self._record(trial, lower, upper, donor)
+        if donor is not None:
+            self._exploit(tune_controller, trial, donor)
+            return
+        state.last_checkpoint = self._save(trial, tune_controller)
+        self._num_checkpoints += 1
+
+    def _point(self, trial: Trial) -> list[float]:
+        """What the ranking compares, as recorded in the decision log."""
+        return [self._trial_state[trial].last_score]
+
+    def _record(self, trial: Trial, lower: list[Trial], upper: list[Trial], donor: Trial | None) -> None:
+        """Append the decision to ``pbt_decisions.jsonl`` in the search directory: the family's
+        members with the values they were ranked by, the quantiles and the donor (if any)."""
+        family = self._family(trial)
+        members = [t for t in self._trial_state if self._family(t) == family
+                   and self._trial_state[t].last_score is not None]
+        record = {"time": self._trial_state[trial].last_train_time, "trial": trial.trial_id, "family": family,
+                  "points": {t.trial_id: self._point(t) for t in members},
+                  "lower": [t.trial_id for t in lower], "upper": [t.trial_id for t in upper],
+                  "donor": donor.trial_id if donor else None}
+        try:
+            with open(os.path.join(trial.local_experiment_path, DECISIONS_FILE), "a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as e:                          # bookkeeping must not stop the search
+            log.warning("could not record a PBT decision: %s", e)
+
+    def _save(self, trial: Trial, tune_controller: "TuneController"):
+        if trial.status == Trial.PAUSED:               # paused trials hold an in-memory checkpoint
+            saving = trial.temporary_state.saving_to
+            return saving if isinstance(saving, _FutureTrainingResult) else trial.checkpoint
+        return tune_controller._schedule_trial_save(trial, result=self._trial_state[trial].last_result)
+
+    def _donor_checkpoint(self, donor: Trial):
+        """The donor's checkpoint from its last perturbation, waiting for a save in flight."""
+        state = self._trial_state[donor]
+        if isinstance(state.last_checkpoint, _FutureTrainingResult):
+            result = state.last_checkpoint.resolve()
+            state.last_checkpoint = result.checkpoint if result else None
+            if result:
+                state.last_result = result.metrics
+        return state.last_checkpoint
+
+    def _exploit(self, tune_controller: "TuneController", trial: Trial, trial_to_clone: Trial) -> None:
+        state = self._trial_state[trial]
+        own_time, own_perturbation = state.last_train_time, state.last_perturbation_time
+        super()._exploit(tune_controller, trial, trial_to_clone)
+        # the trial goes on counting its own steps from where it was, with the donor's weights
+        manager = trial.run_metadata.checkpoint_manager
+        cloned = manager._latest_checkpoint_result
+        manager._latest_checkpoint_result = type(cloned)(
+            checkpoint=cloned.checkpoint, metrics=dict(cloned.metrics or {}, **{self._time_attr: own_time}))
+        state.last_train_time, state.last_perturbation_time = own_time, own_perturbation
+        state.last_checkpoint = None                  # its weights are now the donor's: no donor itself
+
+
+class MOPBT(SkipNetPBT):
+    """Multi-objective PBT: members ordered by non-dominated rank over ``metrics``/``modes``,
+    then by ``diversity`` within a rank ("crowding" distance or greedy "scattered" subset
+    selection). ``metric``/``mode`` given to Tune are only its bookkeeping score."""
+
+    def __init__(self, metrics: list[str], modes: list[str], *, diversity: str = "crowding", **kwargs: Any) -> None:
+        if diversity not in DIVERSITY:
+            raise ValueError(f"diversity must be one of {', '.join(DIVERSITY)} (got {diversity!r})")
+        super().__init__(metric=metrics[0], mode=modes[0], **kwargs)
+        self.metrics, self.modes, self.diversity = list(metrics), list(modes), diversity
+
+    def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
+        return True                                   # the objectives are fixed at construction
+
+    def _point(self, trial: Trial) -> list[float]:
+        return [_value(self._trial_state[trial].last_result, m) for m in self.metrics]
+
+    def _ordered(self, trials: list[Trial]) -> list[Trial]:
+        order = population_order(np.array([self._point(t) for t in trials]), self.modes, self.diversity)
+        return [trials[i] for i in order]
+
+
+class WithinBounds:
+    """``custom_explore_fn`` for PBT: its perturbation multiplies a value by 0.8 or 1.2 without
+    looking at the search space, so a value can leave it; this clips each key back into
+    ``bounds`` (dotted key -> (low, high))."""
+
+    def __init__(self, bounds: dict[str, tuple[float, float]]) -> None:
+        self.bounds = bounds
+
+    def __call__(self, config: dict[str, Any]) -> dict[str, Any]:
+        for key, (low, high) in self.bounds.items():
+            section, name = config, key
+            if key not in config:                     # nested sections, as Tune's param space gives
+                *parents, name = key.split(".")
+                for part in parents:
+                    section = section[part]
+            value = section[name]
+            section[name] = type(value)(min(max(value, low), high))
+        return config
+
+
+def _value(result: dict | None, metric: str) -> float:
+    v = (result or {}).get(metric)
+    return math.nan if v is None else float(v)
+
+
+def population_order(points: Any, directions: list[str], diversity: str = "crowding") -> np.ndarray:
+    """Indices of ``points`` from best to worst: by non-dominated rank, then by diversity within
+    the rank (larger crowding distance first, or earlier in the greedy scattered selection);
+    rows with NaN come last."""
+    losses = pareto.normalize(points, directions)
+    rank = pareto.nondominated_rank(losses)
+    if diversity == "crowding":
+        spread = pareto.crowding_distance(losses)
+    else:
+        spread = -scattered_position(losses, rank)
+    return np.lexsort((np.arange(len(losses)), -spread, rank))
+
+
+def scattered_position(losses: np.ndarray, rank: np.ndarray) -> np.ndarray:
+    """Greedy scattered subset selection within each rank (the MO-PBT paper's diversity rule):
+    the first pick is the member best on the first objective, each next pick the member
+    farthest (Euclidean, objectives scaled to [0, 1] over the population) from those picked so
+    far. Returns each point's pick position within its rank (0 = first)."""
+    finite = np.where(np.isfinite(losses), losses, np.nan)
+    position = np.zeros(len(losses))
+    if not np.isfinite(finite).any():
+        return position
+    low, high = np.nanmin(finite, axis=0), np.nanmax(finite, axis=0)
+    scaled = (losses - low) / np.where(high > low, high - low, 1.0)
+    for r in np.unique(rank[rank != pareto.NAN_RANK]):
+        members = list(np.flatnonzero(rank == r))
+        first = min(members, key=lambda i: (scaled[i, 0], i))
+        picked, distance = [first], np.linalg.norm(scaled[members] - scaled[first], axis=1)
+        left = {i: d for i, d in zip(members, distance) if i != first}
+        while left:
+            far = max(left, key=lambda i: (left[i], -i))
+            picked.append(far)
+            del left[far]
+            for i in left:
+                left[i] = min(left[i], float(np.linalg.norm(scaled[i] - scaled[far])))
+        for pos, i in enumerate(picked):
+            position[i] = pos
+    return position
