@@ -65,7 +65,7 @@ class ExperimentConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     searcher: SearcherConfig = field(default_factory=SearcherConfig)
     num_samples: int = 8
-    max_concurrent_trials: int = 2
+    max_concurrent_trials: int = 2          # pbt/mopbt: the whole population exists, resources limit it
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     storage_path: str = "runs/searches"     # local directory or a cloud URI (s3://, gs://)
     mlflow: MLflowConfig = field(default_factory=MLflowConfig)

@@ -11,6 +11,11 @@
 - **Members copy only members of their own gate family** (``model.gate``): a checkpoint of
   another gate type would not even load, and a population ranked as a whole lost whole
   families. Quantiles are taken within the family.
+- **The whole population exists from the start** (the runner's searcher does not hold members
+  back for ``max_concurrent_trials``): the cluster's resources decide how many members train at
+  once, and a member that reaches a perturbation pauses for the waiting ones, so the
+  population trains abreast. (Held back, the first members trained to the end before the others
+  began, and late members copied finished ones.)
 - **A trial keeps counting its own steps** after an exploit: it continues from its own
   ``training_iteration`` with the donor's weights, so every trial reports steps 1, 2, ...
   without gaps or repeats and runs the same number of steps as the others.

@@ -138,7 +138,9 @@ def _search(exp: ExperimentConfig, space: SearchSpace) -> tuple[Any, dict[str, A
     # seeded, a search samples the same trials under every scheduler and on every run.
     import numpy as np
     from ray.tune.search.basic_variant import BasicVariantGenerator
-    return (BasicVariantGenerator(max_concurrent=exp.max_concurrent_trials, random_state=np.random.default_rng(exp.seed)),
+    # PBT needs its whole population from the start (resources decide how many members run)
+    limit = 0 if exp.scheduler.type in PBT_TYPES else exp.max_concurrent_trials
+    return (BasicVariantGenerator(max_concurrent=limit, random_state=np.random.default_rng(exp.seed)),
             to_tune_space(space))
 
 
