@@ -6,6 +6,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -75,20 +76,78 @@ def test_killed_driver_resumes_with_one_child_run_per_trial(tmp_path, mlflow_ser
     assert client.get_run(parent).info.status == "FINISHED"
 
 
+def _parents() -> dict[int, int]:
+    """pid -> parent pid of every process."""
+    out = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            out[int(stat.parent.name)] = int(fields[1])
+        except (OSError, IndexError, ValueError):     # gone meanwhile
+            pass
+    return out
+
+
+def processes_of(marker: str) -> set[int]:
+    """PIDs whose command line contains ``marker``, with all their descendants (Ray's agents
+    rename themselves, ``ray::DashboardAgent``, but stay children of the raylet)."""
+    pids = set()
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if marker.encode() in (proc / "cmdline").read_bytes() and int(proc.name) != os.getpid():
+                pids.add(int(proc.name))
+        except OSError:
+            pass
+    parents = _parents()
+    while True:
+        children = {pid for pid, parent in parents.items() if parent in pids} - pids
+        if not children:
+            return pids
+        pids |= children
+
+
+def stop_processes(pids: set[int], grace_s: float = 15.0) -> None:
+    """SIGTERM, SIGKILL what is still there after ``grace_s``, then wait until all are gone."""
+    def alive():
+        return [p for p in pids if Path(f"/proc/{p}").exists() and not _zombie(p)]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in alive():
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace_s
+        while alive() and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
+
+
 @pytest.fixture
 def ray_head(tmp_path):
-    """``ray start --head`` on 127.0.0.1 with token authentication (Ray 2.60's default)."""
+    """``ray start --head`` on 127.0.0.1 with token authentication (Ray 2.60's default). Its
+    own temp dir marks every process it starts (they all name it on their command line), so the
+    fixture stops exactly those, by PID: never ``ray stop``, which stops every Ray on the machine."""
     ray = str(VENV_BIN / "ray")
     port, dash = free_port(), free_port()
+    temp_dir = tempfile.mkdtemp(prefix="rh-", dir="/tmp")          # short: Ray's socket paths have a limit
     env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0",
                PATH=f"{VENV_BIN}:{os.environ['PATH']}")
     start = subprocess.run([ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
                             "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
-                            "--include-dashboard=true", "--disable-usage-stats"],
+                            "--include-dashboard=true", "--disable-usage-stats", f"--temp-dir={temp_dir}"],
                            capture_output=True, text=True, env=env, timeout=180)
     assert start.returncode == 0, start.stdout[-2000:] + start.stderr[-2000:]
     yield {"address": f"http://127.0.0.1:{dash}", "env": env}
-    subprocess.run([ray, "stop", "--force"], capture_output=True, env=env, timeout=120)
+    started = processes_of(temp_dir)
+    stop_processes(started)
+    assert not [p for p in started if Path(f"/proc/{p}").exists() and not _zombie(p)], "Ray processes left running"
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_job_submitted_through_jobs_api(tmp_path, mlflow_server, ray_head):
