@@ -132,7 +132,7 @@ def _zombie(pid: int) -> bool:
 def ray_head(tmp_path):
     """``ray start --head`` on 127.0.0.1 with token authentication (Ray 2.60's default). Its
     own temp dir marks every process it starts (they all name it on their command line), so the
-    fixture stops exactly those, by PID: never ``ray stop``, which stops every Ray on the machine."""
+    fixture stops exactly those, by PID (Ray's own stop command would stop every Ray on the machine)."""
     ray = str(VENV_BIN / "ray")
     port, dash = free_port(), free_port()
     temp_dir = tempfile.mkdtemp(prefix="rh-", dir="/tmp")          # short: Ray's socket paths have a limit
