@@ -130,9 +130,10 @@ def _zombie(pid: int) -> bool:
 
 @pytest.fixture
 def ray_head(tmp_path):
-    """``ray start --head`` on 127.0.0.1 with token authentication (Ray 2.60's default). Its
-    own temp dir marks every process it starts (they all name it on their command line), so the
-    fixture stops exactly those, by PID (Ray's own stop command would stop every Ray on the machine)."""
+    """``ray start --head`` on 127.0.0.1 with token authentication (Ray 2.60's default), in its own
+    temp dir: the processes naming that dir on their command line, and their children, are the
+    ones it started, and the fixture stops exactly those, by PID (Ray's own stop command would
+    stop every Ray on the machine)."""
     ray = str(VENV_BIN / "ray")
     port, dash = free_port(), free_port()
     temp_dir = tempfile.mkdtemp(prefix="rh-", dir="/tmp")          # short: Ray's socket paths have a limit
