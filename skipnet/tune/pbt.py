@@ -1,6 +1,6 @@
 """Population Based Training for SkipNet searches: scalar PBT that exploits, and multi-objective PBT.
 
-``SkipNetPBT`` is Ray Tune's ``PopulationBasedTraining`` with three changes:
+``SkipNetPBT`` is Ray Tune's ``PopulationBasedTraining`` with these changes:
 
 - **Every member saves at each perturbation** (not only the top quantile), and Tune's own
   periodic checkpoints are off for PBT searches (the runner sets ``checkpoint_frequency=0``).
@@ -8,17 +8,20 @@
   top quantile at its own last perturbation; and a periodic save scheduled right after an
   exploit (the paused trial's actor is kept for reuse) overwrote the donor's checkpoint with
   the trial's own, so the "exploited" trial silently resumed its own weights.
-- **Members copy only members of their own gate family** (``model.gate``): a checkpoint of
-  another gate type would not even load, and a population ranked as a whole lost whole
-  families. Quantiles are taken within the family.
+- **Members copy only members of their own gate family** (``model.gate``): the gate type
+  travels with the weights (and the donor's config), so copies across families turned members
+  into the other family and a population ranked as a whole lost whole families. Quantiles are
+  taken within the family.
 - **The whole population exists from the start** (the runner's searcher does not hold members
   back for ``max_concurrent_trials``): the cluster's resources decide how many members train at
   once, and a member that reaches a perturbation pauses for the waiting ones, so the
   population trains abreast. (Held back, the first members trained to the end before the others
   began, and late members copied finished ones.)
 - **A trial keeps counting its own steps** after an exploit: it continues from its own
-  ``training_iteration`` with the donor's weights, so every trial reports steps 1, 2, ...
-  without gaps or repeats and runs the same number of steps as the others.
+  ``training_iteration`` with the donor's weights (and the donor's training iteration, so it
+  may finish its HRL early), so every trial reports steps 1, 2, ... without gaps or repeats.
+- **Perturbations stay in the search space** (:class:`WithinBounds`, the runner's
+  ``custom_explore_fn``): Ray multiplies by 0.8 or 1.2 without clipping.
 
 ``MOPBT`` (Dushatskiy et al., "Multi-Objective Population Based Training", ICML 2023) orders the
 members by non-dominated rank over (val_top1 max, val_computation_pct min) and, within a rank,
