@@ -109,7 +109,6 @@ class SkipNetTrainable(tune.Trainable):
         state = self.engine.state_dict()
         state["trial_id"] = self.trial_id
         state["schedule"] = self.schedule
-        state["weights_digest"] = weights_digest(self.engine.model.state_dict())
         atomic_save(state, Path(checkpoint_dir) / CHECKPOINT_FILE)
         return checkpoint_dir
 

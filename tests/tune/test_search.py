@@ -16,6 +16,7 @@ from skipnet.tune.experiment import ExperimentConfig
 from skipnet.pareto import is_pareto_front
 from skipnet.tune.pbt import DECISIONS_FILE, population_order
 from skipnet.tune.runner import run_search
+from skipnet.tune.trainable import weights_digest
 
 TINY_TRAIN = {
     "stage": "pipeline", "model": {"arch": "cifar10_rnn_gate_38"},
@@ -95,7 +96,7 @@ def decisions(summary) -> list[dict]:
 def saved_digests(summary, trial_id) -> set[str]:
     """The weights digest of every checkpoint a trial saved."""
     trial_dir = next(p for p in Path(summary.path).iterdir() if trial_id in p.name)
-    return {torch.load(f, map_location="cpu", weights_only=False)["weights_digest"]
+    return {weights_digest(torch.load(f, map_location="cpu", weights_only=False)["model"])
             for f in trial_dir.glob("checkpoint_*/engine.pt")}
 
 
