@@ -113,7 +113,7 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True                 # automatic mixed precision on CUDA (ignored on CPU)
     channels_last: bool = True       # on CUDA (ignored on CPU)
-    threads: int | None = None       # CPU threads of torch (None: its default); results match bitwise only at equal counts
+    threads: int | None = None       # CPU threads of torch (None: one per usable CPU, skipnet/threads.py); results match bitwise only at equal counts
     output_dir: str = "runs/train"
 
     def validate(self) -> "TrainConfig":
@@ -144,7 +144,7 @@ class TrainConfig:
         if self.data.val_size is not None and self.data.val_size < 1:
             raise ConfigError("data.val_size", self.data.val_size, "a positive integer (validation selects models)")
         if self.threads is not None and self.threads < 1:
-            raise ConfigError("threads", self.threads, "a positive integer or null (torch's default)")
+            raise ConfigError("threads", self.threads, "a positive integer or null (one per usable CPU)")
         if self.data.num_workers < 0:
             raise ConfigError("data.num_workers", self.data.num_workers, "an integer >= 0")
         _check_model(self.model)
@@ -334,4 +334,14 @@ def load_train_config(path: str | Path | None = None, overrides: dict[str, Any] 
     try:
         return from_dict(TrainConfig, data).validate()
     except ConfigError as e:
-        raise e.with_source(str(path)) if path is not None else e
+        source = error_source(e, path, overrides)
+        raise e.with_source(source) if source is not None else e
+
+
+def error_source(error: ConfigError, path: str | Path | None, overrides: dict[str, Any] | None) -> str | None:
+    """Where a bad value came from: the ``--set KEY=VALUE`` that set the offending key (or a
+    key above or below it), else the file."""
+    for key, value in (overrides or {}).items():
+        if error.path == key or error.path.startswith(key + ".") or key.startswith(error.path + "."):
+            return f"--set {key}={value}"
+    return str(path) if path is not None else None

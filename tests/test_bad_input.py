@@ -80,7 +80,10 @@ CASES = [
          ("train_malformed.yaml: <yaml>: must be valid YAML", "line")),
     Case("train-unknown-key-in-file", lambda d, p: ["train", "--config", str(d / "train_unknown_key.yaml")],
          ("model.gaet: must be a known key", "arch, gate, mode")),
-    Case("train-wrong-type-int", train(*sets("sp.batch_size=abc")), ("sp.batch_size: must be an integer",)),
+    Case("train-wrong-type-int", train(*sets("sp.batch_size=abc")),
+         ("--set sp.batch_size=abc: sp.batch_size: must be an integer",)),
+    Case("train-unknown-key-in-set", train(*sets("hrl.alpah=0.05")),
+         ("--set hrl.alpah=0.05: hrl.alpah: must be a known key", "alpha")),
     Case("train-negative-lr", train(*sets("hrl.lr=-0.01")), ("hrl.lr: must be a number > 0", "-0.01")),
     Case("train-negative-alpha-in-file",
          lambda d, p: ["train", "--config", str(d / "train_negative_alpha.yaml")],
@@ -176,7 +179,9 @@ CASES = [
     Case("submit-bad-override-checked-before-the-cluster",
          lambda d, p: ["submit", str(d / "exp.yaml"), "--address", f"http://127.0.0.1:{p}",
                        "--working-dir", str(d), "--set", "num_samples=0"],
-         ("num_samples: must be a positive integer",)),
+         ("--set num_samples=0: num_samples: must be a positive integer",)),
+    Case("status-nothing-listening", lambda d, p: ["status", "raysubmit_x", "--address", f"http://127.0.0.1:{p}"],
+         ("--address: cannot reach the Ray Jobs API", "dashboard URL")),
 ]
 
 

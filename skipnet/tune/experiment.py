@@ -199,7 +199,7 @@ class ExperimentConfig:
 
 def load_experiment(path: str | Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
     """Read and validate an experiment file; ``overrides`` are dotted keys (``num_samples``...)."""
-    from skipnet.config import set_dotted
+    from skipnet.config import error_source, set_dotted
     data = read_yaml(path, key="EXPERIMENT")
     for key, value in (overrides or {}).items():
         set_dotted(data, key, value)
@@ -207,4 +207,4 @@ def load_experiment(path: str | Path, overrides: dict[str, Any] | None = None) -
     try:
         return from_dict(ExperimentConfig, data).validate()
     except ConfigError as e:
-        raise e.with_source(str(path)) from None
+        raise e.with_source(error_source(e, path, overrides)) from None

@@ -174,6 +174,11 @@ def test_job_submitted_through_jobs_api(tmp_path, mlflow_server, ray_head):
     experiment = client.get_experiment_by_name("job-test")
     runs = client.search_runs([experiment.experiment_id], filter_string="tags.trial_id != ''")
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+    assert skipnet("stop", job_id, "--address", ray_head["address"], env=env).stdout.strip() == "not running"
+    for verb in ("status", "logs", "stop"):                     # an unknown job: one line, exit 2
+        unknown = skipnet(verb, "raysubmit_nosuchjob", "--address", ray_head["address"], env=env)
+        assert unknown.returncode == 2 and "no job raysubmit_nosuchjob" in unknown.stderr, unknown.stderr
+        assert len(unknown.stderr.strip().splitlines()) == 1
 
 
 def test_unreachable_jobs_api_is_one_line(tmp_path):
