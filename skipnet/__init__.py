@@ -14,6 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+from skipnet import threads as _threads
+_threads.prepare_openmp()       # before anything imports torch: OpenMP threads sleep, not spin (skipnet/threads.py)
+
 _PUBLIC = {
     "create_model": "skipnet.models", "list_models": "skipnet.models", "GateMode": "skipnet.models",
     "GateRecord": "skipnet.models", "GateSpec": "skipnet.models", "SkipResNet": "skipnet.models",

@@ -13,9 +13,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
 import yaml
 
+from skipnet import threads
 from skipnet.checkpoint import atomic_save, read_checkpoint
 from skipnet.config import TrainConfig, to_dict
 from skipnet.train.engine import Engine
@@ -31,8 +31,7 @@ def write_text_atomic(path: Path, text: str) -> None:
 def fit(cfg: TrainConfig, *, resume: bool = False, on_step: Callable | None = None,
         on_eval: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Train ``cfg`` to the end (continuing ``output_dir/last.pt`` when ``resume``); final metrics."""
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    threads.configure(cfg.threads)           # the config's count, else one per usable CPU (skipnet.threads)
     out = Path(cfg.output_dir)
     last, best = out / "last.pt", out / "best.pt"
     engine = Engine.restore(last, cfg) if resume and last.exists() else Engine(cfg)

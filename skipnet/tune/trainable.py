@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from ray import tune
 
+from skipnet import threads
 from skipnet.checkpoint import atomic_save, read_checkpoint
 from skipnet.config import TrainConfig, flatten, load_train_config
 from skipnet.train.engine import Engine
@@ -50,8 +50,7 @@ class SkipNetTrainable(tune.Trainable):
         self.restored_from: str | None = None
         self.restored_weights = ""                   # digest of the donor weights loaded on exploit
         cfg = self._train_config(config)
-        # oversubscribed OpenMP threads stall badly: one per CPU of the trial unless the config says
-        torch.set_num_threads(cfg.threads or max(1, int(os.environ.get("OMP_NUM_THREADS", "0")) or int(self._cpus())))
+        threads.configure(cfg.threads, cap=self._cpus())    # else one per CPU of the trial (skipnet.threads)
         self.engine = self._start(cfg)
 
     def _start(self, cfg: TrainConfig, splits=None) -> Engine:
