@@ -4,7 +4,10 @@ A trial is the point its last report gives (validation top-1 %, higher is better
 of the plain ResNet's FLOPs, lower is better). ``analyse`` ranks a search's trials with
 :mod:`skipnet.pareto` and measures the front against a reference point: by default 100 %
 computation and chance accuracy (100 / classes %), so a front that beats guessing at full cost
-scores 0. Pure data: MLflow reading lives in :mod:`skipnet.tracking`, plots in :mod:`skipnet.plots`.
+scores 0. ``select`` picks the trial an export names and ``export_selector`` the option that
+names exactly one trial; ``front_csv`` and ``front_markdown`` write a front out (the latter for
+the parent run's description, :mod:`skipnet.mlflow_ui`). Pure data: MLflow reading lives in
+:mod:`skipnet.tracking`, plots in :mod:`skipnet.plots`.
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import csv
 import io
 import math
 from dataclasses import dataclass, field
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import Any
 
 import numpy as np
@@ -101,14 +105,24 @@ def front_csv(front: SearchFront) -> str:
 
 
 def select(trials: list[TrialPoint], *, max_computation: float | None = None,
-           min_accuracy: float | None = None, knee: bool = False, label: str = "the search") -> TrialPoint:
+           min_accuracy: float | None = None, knee: bool = False, trial_id: str | None = None,
+           label: str = "the search") -> TrialPoint:
     """The trial an export names: the most accurate one at or under ``max_computation`` %, the
-    cheapest one at or above ``min_accuracy`` %, or the knee of the front.
+    cheapest one at or above ``min_accuracy`` %, the knee of the front, or the trial ``trial_id``.
+    Ties go to the first of ``trials``.
 
     Raises:
         SkipNetError: no trial meets the constraint; the message names the closest one.
     """
     valid = [t for t in trials if t.valid]
+    if trial_id is not None:
+        named = [t for t in trials if t.trial_id == trial_id]
+        if len(named) != 1 or not named[0].valid:
+            problem = ("has no such trial" if not named else "has several (name the search by its parent run id)"
+                       if len(named) > 1 else "has it, but it reported no val_top1 and val_computation_pct")
+            raise SkipNetError(f"--trial {trial_id}: {label} {problem}; its trials: "
+                               + ", ".join(sorted(t.trial_id for t in valid)[:20]))
+        return named[0]
     if not valid:
         raise SkipNetError(f"{label} has no trial that reported val_top1 and val_computation_pct")
     if knee:
@@ -130,10 +144,108 @@ def select(trials: list[TrialPoint], *, max_computation: float | None = None,
                                f"the closest is trial {near.trial_id} ({near.search_id}) at "
                                f"{near.accuracy:.2f} % accuracy, {near.computation:.2f} % computation")
         return min(ok, key=lambda t: (t.computation, -t.accuracy))
-    raise ValueError("select needs max_computation, min_accuracy or knee")
+    raise ValueError("select needs max_computation, min_accuracy, knee or trial_id")
+
+
+def export_selector(trials: list[TrialPoint], point: TrialPoint) -> str:
+    """The ``skipnet export`` option that selects exactly ``point`` among ``trials`` (checked
+    with :func:`select`): ``--max-computation C``, C its computation rounded up to the fewest
+    decimals (two at least) that still select it; else ``--min-accuracy A`` (a front trial
+    above 100 % computation); else ``--trial ID`` (a copy of another trial's point)."""
+    def picks(**how) -> bool:
+        try:
+            return select(trials, **how) is point
+        except SkipNetError:
+            return False
+
+    for flag, value, key, rounding in (("--max-computation", point.computation, "max_computation", ROUND_CEILING),
+                                       ("--min-accuracy", point.accuracy, "min_accuracy", ROUND_FLOOR)):
+        if not 0 < value <= 100:
+            continue                                   # skipnet export takes percentages in (0, 100]
+        for decimals in range(2, 8):
+            text = str(Decimal(repr(value)).quantize(Decimal(1).scaleb(-decimals), rounding=rounding))
+            if 0 < float(text) <= 100 and picks(**{key: float(text)}):
+                return f"{flag} {text}"
+        if picks(**{key: value}):
+            return f"{flag} {value!r}"
+    return f"--trial {point.trial_id}"
 
 
 def table(front: SearchFront) -> list[dict[str, Any]]:
     return [{"trial": t.trial_id, "val_top1": t.accuracy, "computation_pct": t.computation, "steps": t.steps,
              "knee": front.knee is not None and t.run_id == front.knee.run_id, "run_id": t.run_id}
             for t in front.front]
+
+
+#: Columns of :func:`front_markdown` taken from a trial's config: (header, flat config key).
+MARKDOWN_CONFIG = (("alpha", "hrl.alpha"), ("lr", "hrl.lr"), ("gate", "model.gate"))
+_SEARCHED = ("hrl.", "sp.", "model.", "data.", "seed")      # other keys shown when they vary across trials
+
+
+def front_markdown(front: SearchFront, *, tracking_uri: str | None = None, run_link: str | None = None,
+                   trials_link: str | None = None, when: str = "", max_chars: int = 8000) -> str:
+    """The front as markdown for the description of the search's MLflow parent run.
+
+    One table row per front trial, cheapest first: its config (alpha, lr, gate and any other
+    searched key that varies across the search's trials), validation top-1 %, computation % and
+    the ``skipnet export`` option that selects exactly it (:func:`export_selector`); the knee is
+    marked. Above, in one line (MLflow shows the first 150 pixels of a description): the
+    front's size and hypervolume; below: what they mean, then a code block with each front
+    trial's whole ``skipnet export`` command, one a line, ending in ``# <trial id>``.
+
+    Args:
+        tracking_uri: added to the commands as ``--tracking-uri`` (None: the default store).
+        run_link: link to a trial's run, formatted with ``{run_id}`` (None: plain trial ids).
+        trials_link: link to a table of all the search's trials (None: no link).
+        when: how current the front is (e.g. ``after 1600 training iterations``).
+        max_chars: at most this long (MLflow keeps 8000 characters of a tag): rows past it are
+            left out and counted.
+    """
+    trials = front.trials
+    keys = [(h, k) for h, k in MARKDOWN_CONFIG if any(k in t.config for t in trials)]
+    varying = sorted(k for k in {k for t in trials for k in t.config}
+                     if k.startswith(_SEARCHED) and k not in dict(keys).values()
+                     and len({t.config.get(k) for t in trials}) > 1)
+    keys += [(k, k) for k in varying]
+    uri = f" --tracking-uri {tracking_uri}" if tracking_uri else ""
+    head = [f"**Front: {len(front.front)} of {len(trials)} trials**{' (' + when + ')' if when else ''}, "
+            f"hypervolume {front.hypervolume_pct:.2f} %",        # one line: MLflow shows 150 px before "Show more"
+            "",
+            "| " + " | ".join(["trial", *(h for h, _ in keys), "val_top1", "val_computation_pct", "export option"])
+            + " |",
+            "|---|" + "---|" * len(keys) + "--:|--:|---|"]
+    rows, commands = [], []
+    for t in front.front:
+        name = f"[{t.trial_id}]({run_link.format(run_id=t.run_id)})" if run_link and t.run_id else t.trial_id
+        knee = " (knee)" if front.knee is not None and t.trial_id == front.knee.trial_id else ""
+        option = export_selector(trials, t)
+        cells = [name + knee, *(_cell(t.config.get(k, "")) for _, k in keys), f"{t.accuracy:.2f}",
+                 f"{t.computation:.2f}", f"`{option}`"]
+        rows.append("| " + " | ".join(cells) + " |")
+        commands.append(f"skipnet export {front.search_id} {option} -o best.yaml{uri}   # {t.trial_id}{knee}")
+
+    def text(n: int) -> str:
+        more = len(rows) - n
+        cut = [f"| ... {more} more: `skipnet pareto {front.search_id}{uri}` |"] if more else []
+        return "\n".join(head + rows[:n] + cut + [
+            "",
+            "Validation top-1 % against computation (% of the plain ResNet's FLOPs) at each trial's last report, "
+            "cheapest first. Hypervolume: the area the front dominates, as a % of the box from the reference point "
+            f"({front.reference[0]:.1f} % accuracy, {front.reference[1]:.0f} % computation) to a perfect free model.",
+            "",
+            "Export a front trial (its training config; then `skipnet train --config best.yaml` retrains it):",
+            "", "```", *commands[:n], "```", "",
+            "Plots: artifacts `pareto/front.html` and `pareto/front.png`."
+            + (f" [All trials of this search, front first]({trials_link})." if trials_link else "")])
+
+    n = len(rows)
+    while n and len(text(n)) > max_chars:
+        n -= 1
+    return text(n)
+
+
+def _cell(value: str) -> str:
+    try:
+        return f"{float(value):.4g}"
+    except ValueError:
+        return str(value).replace("|", "\\|")

@@ -29,6 +29,7 @@ from mlflow.tracking import MlflowClient
 from skipnet.config import flatten
 from skipnet.errors import ConfigError, SkipNetError
 from skipnet.fronts import TrialPoint
+from skipnet.mlflow_ui import prepare_ui
 from skipnet.pareto import NAN_RANK
 
 DEFAULT_DB = "mlflow.db"
@@ -131,11 +132,24 @@ class SearchTracker:
             self.client.log_batch(self.parent_run_id, params=params[i:i + 100])
         self.client.log_dict(self.parent_run_id, spec, "experiment.yaml")
         self.client.log_dict(self.parent_run_id, space, "search_space.yaml")
+        prepare_ui(self.client, self.experiment_id, search_id, self.parent_run_id)
         return self.parent_run_id
 
-    def end_search(self, status: str = "FINISHED") -> None:
+    def end_search(self, status: str = "FINISHED", end_time: int | None = None) -> None:
+        """End the parent run at ``end_time`` (ms since the epoch; default now, for a search
+        ending as this is called)."""
         if self.parent_run_id:
-            self.client.set_terminated(self.parent_run_id, status=status)
+            self.client.set_terminated(self.parent_run_id, status=status, end_time=end_time)
+
+    def close_search(self, status: str = "FINISHED") -> bool:
+        """End the parent run if it is still running, at its last child run's end (the search
+        ended then, not now); a parent already ended keeps its status and end time. True if it
+        ended it. For bookkeeping that ran no trial: ``sync-mlflow``, a resume with nothing left."""
+        if not self.parent_run_id or self.client.get_run(self.parent_run_id).info.status != "RUNNING":
+            return False
+        ends = [r.info.end_time for r in self.children() if r.info.end_time]
+        self.end_search(status, end_time=max(ends) if ends else None)
+        return True
 
     # -- children -----------------------------------------------------------------------------
     def find_child(self, trial_id: str) -> str | None:
@@ -148,14 +162,19 @@ class SearchTracker:
             self._children[trial_id] = found[0].info.run_id
         return self._children.get(trial_id)
 
-    def child_run(self, trial_id: str, config: dict[str, Any], tags: dict[str, str]) -> str:
+    def child_run(self, trial_id: str, config: dict[str, Any], tags: dict[str, str],
+                  start_time: int | None = None) -> str:
         """The child run of ``trial_id``: found by tag if it exists (resume), else created with
-        the trial's whole training config as params and as ``train_config.yaml``."""
+        the trial's whole training config as params and as ``train_config.yaml``, started at
+        ``start_time`` (ms since the epoch; default now, as the trial starts), tagged
+        ``skipnet.kind`` ``trial`` (``sp`` for a shared SP run, tag ``role=sp``)."""
         run_id = self.find_child(trial_id)
         if run_id is not None:
             return run_id
-        run = self.client.create_run(self.experiment_id, run_name=trial_id,
-                                     tags={"mlflow.parentRunId": self.parent_run_id, "trial_id": trial_id, **tags})
+        kind = "sp" if tags.get("role") == "sp" else "trial"      # a shared SP run is not a trial
+        run = self.client.create_run(self.experiment_id, run_name=trial_id, start_time=start_time,
+                                     tags={"mlflow.parentRunId": self.parent_run_id, "trial_id": trial_id,
+                                           "skipnet.kind": kind, **tags})
         run_id = run.info.run_id
         params = [Param(k, _param_value(v)) for k, v in flatten(config).items()]
         for i in range(0, len(params), 100):
@@ -168,8 +187,9 @@ class SearchTracker:
         """Steps whose result is in MLflow (every result carries ``training_iteration``)."""
         return {m.step for m in self.client.get_metric_history(run_id, "training_iteration")}
 
-    def log_metrics(self, run_id: str, metrics: dict[str, Any], step: int) -> None:
-        now = int(time.time() * 1000)
+    def log_metrics(self, run_id: str, metrics: dict[str, Any], step: int, timestamp: int | None = None) -> None:
+        """Numeric, finite ``metrics`` at ``step``, stamped ``timestamp`` (ms; default now)."""
+        now = int(time.time() * 1000) if timestamp is None else int(timestamp)
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items()
                  if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
         for i in range(0, len(batch), 500):
@@ -178,10 +198,13 @@ class SearchTracker:
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
-    def end_child(self, run_id: str, status: str, tags: dict[str, str] | None = None) -> None:
+    def end_child(self, run_id: str, status: str, tags: dict[str, str] | None = None,
+                  end_time: int | None = None) -> None:
+        """Tag and end a trial's run at ``end_time`` (ms; default now, for a trial ending as this
+        is called; ``sync-mlflow`` passes the trial's real end)."""
         if tags:
             self.set_tags(run_id, tags)
-        self.client.set_terminated(run_id, status=status)
+        self.client.set_terminated(run_id, status=status, end_time=end_time)
 
     def log_checkpoint(self, run_id: str, directory: str | os.PathLike) -> None:
         """Upload a checkpoint directory as the run's ``checkpoint`` artifact (through the server)."""
@@ -262,11 +285,12 @@ def tag_ranks(client: MlflowClient, points: list[TrialPoint], ranks) -> None:
 
 
 def log_front(client: MlflowClient, front, files: list[Path]) -> None:
-    """Tag the search's trials with their rank and log the plots, the CSV and the front's size
-    and hypervolume to its parent run, at step 0: the live front of the running search
-    (``log_live_front``) logs at steps > 0 (training iterations), so MLflow's latest value of
-    ``pareto_hypervolume_pct`` stays the last live one, which equals this one at the default
-    reference point."""
+    """Tag the search's trials with their rank and log its own front (``pareto/front.png``,
+    ``front.html``, ``front.csv``) and the front's size and hypervolume to its parent run, at
+    step 0: the live front of the running search (``log_live_front``) logs at steps > 0
+    (training iterations), so MLflow's latest value of ``pareto_hypervolume_pct`` stays the last
+    live one, which equals this one at the default reference point. Several searches compared
+    go to ``log_overlay`` instead."""
     tag_ranks(client, front.trials, front.rank)
     for path in files:
         client.log_artifact(front.parent_run_id, str(path), artifact_path="pareto")
@@ -275,6 +299,36 @@ def log_front(client: MlflowClient, front, files: list[Path]) -> None:
         Metric("pareto_hypervolume", float(front.hypervolume), now, 0),
         Metric("pareto_hypervolume_pct", float(front.hypervolume_pct), now, 0),
         Metric("pareto_front_size", float(len(front.front)), now, 0)])
+
+
+OVERLAYS = "pareto/overlays"
+
+
+def overlay_path(search_ids: list[str]) -> str:
+    """Where the overlay of several searches' fronts lies in each of their parent runs:
+    ``pareto/overlays/<search ids, sorted, joined by _vs_>`` (the first two and a digest of all
+    when that grows past 150 characters). The same searches always name the same place, so
+    comparing them again replaces their overlay instead of piling up copies."""
+    import hashlib
+    ids = sorted({re.sub(r"[^A-Za-z0-9._-]", "_", s) for s in search_ids})
+    name = "_vs_".join(ids)
+    if len(name) > 150:
+        digest = hashlib.sha1("\n".join(ids).encode()).hexdigest()[:10]
+        name = f"{'_vs_'.join(ids[:2])[:100]}_and_{len(ids) - 2}_more-{digest}"
+    return f"{OVERLAYS}/{name}"
+
+
+def log_overlay(client: MlflowClient, fronts: list, files: list[Path]) -> str:
+    """Tag each search's trials with their rank in their own search (what ``log_front`` tags)
+    and log ``files`` (the overlay plots and every front's CSV) under ``overlay_path`` of each
+    parent run. Each parent's own front (``pareto/front.*``) and metrics are left as they are:
+    they describe that search alone. Returns the artifact path."""
+    where = overlay_path([f.search_id for f in fronts])
+    for front in fronts:
+        tag_ranks(client, front.trials, front.rank)
+        for path in files:
+            client.log_artifact(front.parent_run_id, str(path), artifact_path=where)
+    return where
 
 
 def log_live_front(client: MlflowClient, front, files: list[Path], step: int) -> None:

@@ -38,7 +38,10 @@ class MLflowServer:
         self.proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
                                       f"sqlite:///{self.root}/mlflow.db", "--artifacts-destination", str(self.artifacts),
                                       "--host", "127.0.0.1", "--port", str(self.port)],
-                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+                                     # no job runner: registering its periodic tasks stalled the server
+                                     # for ~35 s some 2 minutes after start (measured); the tests run no jobs
+                                     env=dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"))
         deadline = time.time() + timeout
         while True:
             try:

@@ -9,7 +9,9 @@ The searched trials' callback (``front_interval_s`` set; not the shared SP phase
 parent run's front current (:mod:`skipnet.tune.live_front`): at most every ``front_interval_s``
 seconds, and once more at the end if results arrived since, it logs ``pareto/front.png``,
 ``front.html`` and ``front.csv`` and the metrics ``pareto_hypervolume_pct`` and
-``pareto_front_size`` at step = training iterations the search has spent so far.
+``pareto_front_size`` at step = training iterations the search has spent so far, writes the
+front with its export commands into the parent run's description and tags the trials' Pareto
+ranks and run colours (:mod:`skipnet.mlflow_ui`).
 
 MLflow is a mirror, never a dependency of the search: if the tracking server stops answering,
 the callback says so once, stops calling it (a short ``/health`` probe every ``retry_s``
@@ -48,7 +50,9 @@ class MLflowSearchCallback(tune.Callback):
         self._offline_since: float | None = None
         self._last_probe = 0.0
         self.missed = 0                                  # events not mirrored while MLflow was down
+        self._ran = False                                # a trial started or ended in this fit
         self.live = None                                 # the live front (searched trials only)
+        self._shown: dict[str, int] = {}                 # run -> Pareto rank tagged by the live front
         if front_interval_s is not None:
             from skipnet.tune.live_front import LiveFront
             self.live = LiveFront(tags.get("search_id", ""), parent_run_id, front_interval_s, front_offset)
@@ -106,7 +110,11 @@ class MLflowSearchCallback(tune.Callback):
             self._last_step[run_id] = max(self.tracker.logged_steps(run_id), default=0)
         return run_id
 
+    def setup(self, **info) -> None:                 # each fit, a resumed one included
+        self._ran = False
+
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        self._ran = True
         self._mirror("a trial start", self._run, trial)
 
     def on_trial_result(self, iteration, trials, trial, result: dict[str, Any], **info) -> None:
@@ -137,8 +145,9 @@ class MLflowSearchCallback(tune.Callback):
             self._mirror("the live front", self._log_front)
 
     def _log_front(self) -> None:
-        """Draw the front over the results so far and log it to the parent run."""
-        from skipnet import plots, tracking
+        """Draw the front over the results so far and log it to the parent run; show it in the
+        parent run's description and the trials' ranks and colours (:mod:`skipnet.mlflow_ui`)."""
+        from skipnet import mlflow_ui, plots, tracking
         from skipnet.fronts import front_csv
         update = self.live.update({tid: self.tracker.find_child(tid) or "" for tid in self.live.points})
         if update is None:
@@ -155,6 +164,9 @@ class MLflowSearchCallback(tune.Callback):
             csv.write_text(front_csv(update.front))
             try:
                 tracking.log_live_front(self.tracker.client, update.front, [*files, csv], update.step)
+                self._shown = mlflow_ui.show_front(
+                    self.tracker.client, update.front, experiment_id=self.tracker.experiment_id,
+                    when=f"after {update.step} training iterations", shown=self._shown, retry=False)
             except Exception as e:                   # the next due update tries again; results go on
                 log.warning("live front not logged (%s: %.200s); the next update tries again", type(e).__name__, e)
                 self.live.retry_later()
@@ -162,6 +174,7 @@ class MLflowSearchCallback(tune.Callback):
         self.live.logged(update)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._ran = True
         self._mirror("a trial end", self._complete, trial)
 
     def _complete(self, trial) -> None:
@@ -175,17 +188,33 @@ class MLflowSearchCallback(tune.Callback):
         self.tracker.end_child(run_id, "FINISHED", tags)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._ran = True
         self._mirror("a trial error", lambda: self.tracker.end_child(self._run(trial), "FAILED",
                                                                      {"tune_status": "error"}))
 
     def on_experiment_end(self, trials, **info) -> None:
+        """The search's last front and the parent run's end, now. A fit that ran no trial (a
+        resume of a finished search) changes nothing, unless the parent was left running (the
+        driver stopped before getting here): then it is ended at its last trial's end."""
+        if not self._ran and not self._parent_running():
+            return
         if self.live is not None and self.live.pending:      # a stopped search keeps its last front
             self._mirror("the search's front", self._log_front)
         if self.ends_search:
-            self._mirror("the search end", self.tracker.end_search, "FINISHED")
+            end = self.tracker.end_search if self._ran else self.tracker.close_search
+            self._mirror("the search end", end, "FINISHED")
         if self.missed:
             log.warning("MLflow missed %d events of this search: run skipnet sync-mlflow %s", self.missed,
                         self.search_path)
+
+    def _parent_running(self) -> bool:
+        """Whether the parent run is still running (True when MLflow cannot say: ``_mirror`` will)."""
+        if self._offline_since is not None or not server_reachable(self.tracker_uri, timeout=2.0):
+            return True
+        try:
+            return self.tracker.client.get_run(self.parent_run_id).info.status == "RUNNING"
+        except Exception:
+            return True
 
     def get_state(self) -> dict | None:              # Tune checkpoints it with the experiment (resume)
         return {"live_front": self.live.get_state()} if self.live is not None else None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import time
 from dataclasses import dataclass
@@ -276,6 +277,7 @@ def _run_phases(exp: ExperimentConfig, search_id: str, path: str, parent: str, u
     """The SP phase (when ``plan`` shares SP), then the searched trials; new or resumed."""
     from ray import tune
     started = time.monotonic()
+    spent = _spent(path) if resume else None        # a resume that trains nothing logs no cost
     shared = None
     if plan is not None:
         sp_path = f"{path.rstrip('/')}/{SP_DIR}"
@@ -294,7 +296,8 @@ def _run_phases(exp: ExperimentConfig, search_id: str, path: str, parent: str, u
     results = tuner.fit()
     summary = _summary(results, search_id, path, parent, uri)
     summary.sp_runs = len(shared.checkpoints) if shared else 0
-    _log_cost(exp, path, parent, uri, time.monotonic() - started)
+    if not resume or _spent(path) != spent:
+        _log_cost(exp, path, parent, uri, time.monotonic() - started)
     return summary
 
 
@@ -314,8 +317,14 @@ def run_search(exp: ExperimentConfig, *, address: str | None = None) -> SearchSu
 
 
 def resume_search(path: str, *, address: str | None = None) -> SearchSummary:
-    """Continue the interrupted search stored at ``path`` (the directory ``run_search`` printed)."""
+    """Continue the interrupted search stored at ``path`` (the directory ``run_search`` printed).
+
+    Resuming a finished search trains nothing and leaves MLflow as it was: the parent run keeps
+    its end time and the search's cost is not logged again (``MLflowSearchCallback`` and
+    ``_run_phases`` see that no trial ran)."""
     from ray import tune
+    if "://" not in path:
+        path = str(Path(path).resolve())          # Tune's restore reads a URI: a relative path has no scheme
     meta, exp = read_search_meta(path)
     init_ray(address)
     plan, _ = plan_sharing(exp, load_space(exp))
@@ -345,6 +354,14 @@ def search_cost(path: str) -> dict[str, float]:
                 stage = "hrl" if result.get("stage") == "hrl" else "sp"
                 cost[stage] += float(result.get("iterations_trained", 0))
     return cost
+
+
+def _spent(path: str) -> dict[str, float] | None:
+    """``search_cost`` of ``path``, or None where it cannot be read."""
+    try:
+        return search_cost(path)
+    except Exception:                                  # bookkeeping never fails a search
+        return None
 
 
 def _sp_iterations(exp: ExperimentConfig, search_id: str) -> float:
@@ -403,43 +420,103 @@ def _summary(results, search_id: str, path: str, parent: str, uri: str) -> Searc
     rows = []
     for r in results:
         m = r.metrics or {}
-        rows.append({"trial_id": m.get("trial_id", ""), "config": r.config, "error": r.error is not None,
+        trial_dir = str(r.path or "")
+        rows.append({"trial_id": m.get("trial_id") or _trial_id_of(trial_dir), "config": r.config or {},
+                     "error": r.error is not None, "error_message": error_line(r.error) if r.error else None,
+                     "error_file": f"{trial_dir.rstrip('/')}/error.txt" if r.error and trial_dir else None,
                      **{k: m.get(k) for k in ("training_iteration", "val_top1", "val_computation_pct",
                                               "val_block_count_pct", "objective", "test_top1", "num_classes")}})
     return SearchSummary(search_id, path, parent, uri, rows, sum(row["error"] for row in rows))
 
 
-def sync_mlflow(path: str) -> dict[str, int]:
-    """Copy into MLflow what Tune's storage at ``path`` holds and MLflow lacks: child runs,
-    results (by step), last checkpoints and end states. Idempotent: a second run adds nothing."""
-    from ray.tune import ExperimentAnalysis
+def _trial_id_of(trial_dir: str) -> str:
+    """Tune's trial id from its directory name (``SkipNetTrainable_1a2b3_00004_4_...``)."""
+    found = re.search(r"_([0-9a-f]{5}_\d{5})(?:_|$)", trial_dir.rstrip("/").rsplit("/", 1)[-1])
+    return found.group(1) if found else ""
 
+
+def error_line(error: BaseException) -> str:
+    """The line of a trial's error a user needs: the original exception (``ConfigError: ...``),
+    not Ray's wrapper (``ray::SkipNetTrainable.train() (pid=...)`` and a traceback)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    raised = [line for line in lines if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b:?", line)]
+    return (raised[-1] if raised else lines[0] if lines else type(error).__name__)[:300]
+
+
+def sync_mlflow(path: str) -> dict[str, int]:
+    """Copy into MLflow what Tune's storage at ``path`` holds and MLflow lacks: child runs (the
+    shared SP phase's too), results (by step), last checkpoints and end states.
+
+    Idempotent: what MLflow holds stays as it is, so a second sync, or a sync of a search the
+    callback logged whole, changes nothing. A run already ended with the status Tune gives its
+    trial keeps its tags and end time (the callback saw the trial end). What sync creates or
+    ends gets the trial's own times, never the time of the sync: a run starts at its first
+    result, its results keep their timestamps, it ends at its last result (or, failing before
+    any, when its error was written), and a parent still running ends at its last trial's end.
+    """
     from skipnet.tracking import SearchTracker
-    from skipnet.tune.mlflow_callback import _get, completion_tags, full_train_config
     meta, exp = read_search_meta(path)
+    root = Path(path).resolve()                 # as Tune names checkpoints, whichever way PATH is written
     tracker = SearchTracker(meta["tracking_uri"], exp.mlflow.experiment_name)
     tracker.parent_run_id = meta["parent_run_id"]
-    try:
-        analysis = ExperimentAnalysis(str(Path(path).resolve()))
-    except Exception as e:
-        raise SkipNetError(f"sync-mlflow: {path}: Tune has no readable experiment state there ({e})") from None
-    base = exp.base_train()
+    plan, _ = plan_sharing(exp, load_space(exp))
+    tags = _tags(exp, meta["search_id"])
     counts = {"runs_created": 0, "results_logged": 0, "checkpoints_logged": 0, "runs_ended": 0}
+    finished, sp_runs = True, None
+    if plan is not None and (root / SP_DIR).is_dir():           # the shared SP phase, as build_sp_tuner logs it
+        sp_runs = {}
+        finished = _sync_trials(tracker, root / SP_DIR, exp, dict(tags, role="sp"), plan.steps, counts,
+                                sp_runs_out=sp_runs)
+    try:
+        finished &= _sync_trials(tracker, root, exp, dict(tags, role="hrl") if plan is not None else tags,
+                                 plan.hrl_steps if plan is not None else exp.budget.max_steps, counts,
+                                 sp_runs=sp_runs)
+    except _NoTuneState as e:
+        if sp_runs is None:                                     # nothing at all to read
+            raise SkipNetError(f"sync-mlflow: {path}: Tune has no readable experiment state there ({e})") from None
+        finished = False                                        # stopped during the SP phase
+    if finished:
+        tracker.close_search("FINISHED")
+    return counts
+
+
+class _NoTuneState(Exception):
+    pass
+
+
+def _sync_trials(tracker, root: Path, exp: ExperimentConfig, tags: dict[str, str], max_steps: int,
+                 counts: dict[str, int], *, sp_runs: dict[str, str] | None = None,
+                 sp_runs_out: dict[str, str] | None = None) -> bool:
+    """``sync_mlflow`` for one Tune experiment at ``root`` (the searched trials', or the SP
+    phase's with ``sp_runs_out`` collecting SP key -> run). True if every trial has ended."""
+    from ray.tune import ExperimentAnalysis
+
+    from skipnet.config import flatten, load_train_config
+    from skipnet.tune.mlflow_callback import _get, completion_tags, full_train_config
+    try:
+        analysis = ExperimentAnalysis(str(root))
+    except Exception as e:
+        raise _NoTuneState(str(e)) from None
+    base = exp.base_train()
     finished = True
     for trial in analysis.trials:
-        trial_dir = Path(path) / trial.storage.trial_dir_name
+        trial_dir = root / trial.storage.trial_dir_name
         results = _trial_results(trial_dir)
-        existed = tracker.find_child(trial.trial_id) is not None
         config = full_train_config(trial.config, base)
-        tags = _tags(exp, meta["search_id"])
-        tags.update(trial_id=trial.trial_id, gate=str(_get(trial.config, "model.gate") or tags["gate"]))
-        run_id = tracker.child_run(trial.trial_id, config, tags)
-        counts["runs_created"] += not existed
+        run_id = tracker.find_child(trial.trial_id)
+        if run_id is None:                                      # the callback missed the trial's start
+            run_tags = dict(tags, trial_id=trial.trial_id, gate=str(_get(trial.config, "model.gate") or tags["gate"]))
+            if sp_runs and sp_runs.get(sp_key(config)):
+                run_tags["sp_run_id"] = sp_runs[sp_key(config)]
+            run_id = tracker.child_run(trial.trial_id, config, run_tags, start_time=_started_at(results))
+            counts["runs_created"] += 1
+        if sp_runs_out is not None:
+            sp_runs_out[sp_key(load_train_config(None, flatten(trial.config), base=base))] = run_id
         logged = tracker.logged_steps(run_id)
         for result in results:
             step = int(result.get("training_iteration", 0))
             if step and step not in logged:
-                tracker.log_metrics(run_id, result, step)
+                tracker.log_metrics(run_id, result, step, timestamp=_ms(result.get("timestamp")))
                 logged.add(step)
                 counts["results_logged"] += 1
         run = tracker.client.get_run(run_id)
@@ -449,22 +526,43 @@ def sync_mlflow(path: str) -> dict[str, int]:
         if trial.status not in ("TERMINATED", "ERROR"):
             finished = False
             continue
-        end = completion_tags(results[-1] if results else {}, exp.budget.max_steps)
         checkpoint = _last_checkpoint(trial_dir)
         if trial.status == "TERMINATED" and checkpoint is not None and not tracker.has_checkpoint(run_id):
             tracker.log_checkpoint(run_id, checkpoint)
             counts["checkpoints_logged"] += 1
-        if checkpoint is not None:
-            end["checkpoint_path"] = str(checkpoint)
         status = "FINISHED" if trial.status == "TERMINATED" else "FAILED"
-        if trial.status == "ERROR":
+        if run.info.status == status:
+            continue                                            # ended as Tune says: its record stands
+        if status == "FINISHED":
+            end = completion_tags(results[-1] if results else {}, max_steps)
+            if checkpoint is not None:
+                end["checkpoint_path"] = str(checkpoint)
+        else:
             end = {"tune_status": "error"}
-        if run.info.status != status or any(run.data.tags.get(k) != v for k, v in end.items()):
-            tracker.end_child(run_id, status, end)
-            counts["runs_ended"] += 1
-    if finished and tracker.client.get_run(tracker.parent_run_id).info.status != "FINISHED":
-        tracker.end_search("FINISHED")
-    return counts
+        ended = _ended_at(trial_dir, results)
+        tracker.end_child(run_id, status, end, end_time=max(ended, run.info.start_time or 0) if ended else None)
+        counts["runs_ended"] += 1
+    return finished
+
+
+def _ms(seconds: float | None) -> int | None:
+    return None if seconds is None else int(float(seconds) * 1000)
+
+
+def _started_at(results: list[dict[str, Any]]) -> int | None:
+    """When the trial started (ms), as its first result says: its time less the iteration's."""
+    if not results or "timestamp" not in results[0]:
+        return None
+    return _ms(float(results[0]["timestamp"]) - float(results[0].get("time_this_iter_s", 0.0)))
+
+
+def _ended_at(trial_dir: Path, results: list[dict[str, Any]]) -> int | None:
+    """When the trial ended (ms): its last result's timestamp, or for a trial that failed before
+    reporting anything, when Tune wrote its error."""
+    if results and "timestamp" in results[-1]:
+        return _ms(results[-1]["timestamp"])
+    error = trial_dir / "error.txt"
+    return _ms(error.stat().st_mtime) if error.is_file() else None
 
 
 def _trial_results(trial_dir: Path) -> list[dict[str, Any]]:

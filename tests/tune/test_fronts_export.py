@@ -1,11 +1,15 @@
 """Fronts, export and MLflow outages with real components: two searches on the synthetic data
 set (FIFO, and MOASHA one trial at a time), a real MLflow server, the real CLI."""
+import hashlib
 import json
 import os
+import shlex
 import subprocess
 import sys
 import threading
 import time
+import urllib.parse
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,9 +18,10 @@ from mlflow.tracking import MlflowClient
 from ray.tune import ExperimentAnalysis
 
 from conftest import MLflowServer
-from skipnet import pareto
+from skipnet import fronts, pareto, tracking
 from skipnet.export import reproducing_config
-from skipnet.tune.runner import init_ray, run_search, sync_mlflow
+from skipnet.tune.runner import init_ray, resume_search, run_search, sync_mlflow
+from test_live_front import assert_front_shown
 from test_search import SPACE, TINY_TRAIN, experiment
 
 FAKE_SECRET = "AKIA-fake-secret-do-not-log-7f3a9c"
@@ -62,6 +67,42 @@ def dominated(point, others):
     return any(a >= acc and c <= comp and (a > acc or c < comp) for a, c in others)
 
 
+def test_mlflow_shows_the_front_with_its_export_commands(searches, mlflow_server, tmp_path):
+    """After each search (its live front's last update) and after ``skipnet pareto`` of one
+    search, the parent run's description holds the front and an export command per front trial
+    that selects exactly it (``assert_front_shown``); one of them, run, exports that trial."""
+    fifo, url = searches["fifo"], mlflow_server["url"]
+    client = MlflowClient(url)
+    for summary in (fifo, searches["mo"]):
+        assert_front_shown(client, summary.parent_run_id, "after ")
+    result = skipnet("pareto", fifo.search_id, "--tracking-uri", url)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_front_shown(client, fifo.parent_run_id, "as `skipnet pareto` computed it")
+    line = client.get_run(fifo.parent_run_id).data.tags["mlflow.note.content"].split("```")[1].strip().splitlines()[-1]
+    command, trial = line.split("#", 1)
+    argv = shlex.split(command)
+    argv[argv.index("-o") + 1] = str(tmp_path / "best.yaml")
+    result = skipnet(*argv[1:])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert yaml.safe_load((tmp_path / "best.yaml").read_text())["export"]["trial_id"] == trial.split()[0]
+
+
+def test_export_selector_picks_exactly_its_trial():
+    """The shortest ``--max-computation`` that selects the trial; ``--min-accuracy`` past 100 %
+    computation (the CLI takes percentages up to 100); ``--trial`` for a copy of another point."""
+    def point(trial_id, accuracy, computation):
+        return fronts.TrialPoint("run-" + trial_id, trial_id, "s", "p", accuracy, computation, 1, 1, 10, "done")
+
+    trials = [point("a", 50.0, 37.85), point("b", 55.0, 37.851), point("c", 60.0, 40.0), point("d", 60.0, 40.0),
+              point("e", 70.0, 100.4), point("f", float("nan"), 1.0)]
+    chosen = {t.trial_id: fronts.export_selector(trials, t) for t in trials[:5]}
+    assert chosen == {"a": "--max-computation 37.85", "b": "--max-computation 37.86", "c": "--max-computation 40.00",
+                      "d": "--trial d", "e": "--min-accuracy 70.00"}
+    text = fronts.front_markdown(fronts.analyse("s", "p", trials), max_chars=900)
+    shown = text.count("skipnet export s ")                  # rows left out past max_chars are counted
+    assert len(text) <= 900 and 0 < shown < 5 and f"| ... {5 - shown} more: `skipnet pareto s` |" in text
+
+
 def test_moasha_on_synthetic_data_replays_the_rule(searches, mlflow_server):
     """Trials ran one at a time, so each rung decision can be replayed from Tune's results."""
     summary = searches["mo"]
@@ -105,35 +146,133 @@ def test_moasha_on_synthetic_data_replays_the_rule(searches, mlflow_server):
         assert run.data.tags["stopped_early"] == str(len(steps) < MO_STEPS).lower()
 
 
-def test_pareto_cli_tags_front_logs_plots_and_prints(searches, mlflow_server, tmp_path):
+def stored_artifacts(run, artifacts):
+    """Where the test server keeps ``run``'s artifacts (``mlflow-artifacts:/<experiment>/<run>/artifacts``)."""
+    return artifacts / urllib.parse.urlparse(run.info.artifact_uri).path.lstrip("/")
+
+
+def sha(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def mlflow_record(client, summaries, artifacts):
+    """What MLflow holds of these searches, to compare before and after: each run's status,
+    start and end, tags, params, metrics, the history of ``training_iteration`` (of every metric
+    for the parents) and its artifacts by content (read where the server stores them)."""
+    record = {}
+    for summary in summaries:
+        for run in [client.get_run(summary.parent_run_id), *children(client, summary)]:
+            rid, parent = run.info.run_id, run.info.run_id == summary.parent_run_id
+            stored = stored_artifacts(run, artifacts)
+            record[rid] = {
+                "status": run.info.status, "start": run.info.start_time, "end": run.info.end_time,
+                "tags": run.data.tags, "params": run.data.params, "metrics": run.data.metrics,
+                "artifacts": {f.relative_to(stored).as_posix(): sha(f) for f in stored.rglob("*") if f.is_file()},
+                "history": {k: [(m.step, m.value, m.timestamp) for m in client.get_metric_history(rid, k)]
+                            for k in (run.data.metrics if parent else ["training_iteration"])}}
+    return record
+
+
+def assert_unchanged(after, before):
+    assert after.keys() == before.keys()
+    for rid, was in before.items():
+        for field, value in was.items():
+            assert after[rid][field] == value, (rid, field)
+
+
+def test_sync_and_resume_of_finished_searches_change_nothing(searches, mlflow_server, monkeypatch):
+    """On searches the callback logged whole, sync-mlflow (twice: PATH relative, as typed in the
+    directory above the search, then absolute) and a resume leave every run as it was: status,
+    start and end, tags, metrics, artifacts. (Before: a sync with a relative PATH re-ended every
+    trial's run at the time of the sync, and a resume moved the parent's end and logged its cost
+    again.)"""
     fifo, mo = searches["fifo"], searches["mo"]
-    result = skipnet("pareto", fifo.search_id, mo.parent_run_id, "--tracking-uri", mlflow_server["url"],
-                     "--output", str(tmp_path))
-    assert result.returncode == 0, result.stderr[-3000:]
     client = MlflowClient(mlflow_server["url"])
+    before = mlflow_record(client, (fifo, mo), mlflow_server["artifacts"])
+    assert all(r["status"] == "FINISHED" and r["end"] for r in before.values())
+    nothing = {"runs_created": 0, "results_logged": 0, "checkpoints_logged": 0, "runs_ended": 0}
+    with monkeypatch.context() as patch:
+        patch.chdir(searches["tmp"])
+        assert sync_mlflow(os.path.relpath(fifo.path, searches["tmp"])) == nothing
+    assert sync_mlflow(fifo.path) == nothing and sync_mlflow(mo.path) == nothing
+    resumed = resume_search(fifo.path)
+    assert resumed.errors == 0 and len(resumed.trials) == len(fifo.trials)
+    assert_unchanged(mlflow_record(client, (fifo, mo), mlflow_server["artifacts"]), before)
+
+
+def test_pareto_cli_tags_front_logs_plots_and_prints(searches, mlflow_server, tmp_path):
+    """One search: its own front on its parent run. Several: their overlay under
+    ``pareto/overlays/`` of each parent, whose own front (``skipnet pareto``'s for the FIFO
+    search, the live one for MOASHA), metrics and runs stay as they were."""
+    fifo, mo = searches["fifo"], searches["mo"]
+    url = mlflow_server["url"]
+    client = MlflowClient(url)
+    result = skipnet("pareto", fifo.search_id, "--tracking-uri", url, "--output", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = children(client, fifo)
+    points = {r.info.run_id: (r.data.metrics["val_top1"], r.data.metrics["val_computation_pct"]) for r in runs}
+    front = {rid for rid, p in points.items() if not dominated(p, [q for o, q in points.items() if o != rid])}
+    parent = client.get_run(fifo.parent_run_id)
+    hv = pareto.hypervolume_2d(list(points.values()), (10.0, 100.0), ["max", "min"])   # 10 classes: chance 10 %
+    assert parent.data.metrics["pareto_hypervolume"] == pytest.approx(hv)
+    assert parent.data.metrics["pareto_front_size"] == len(front)
+    rows = (tmp_path / "front.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + len(front) and all(r.startswith(f"{fifo.search_id},") for r in rows[1:])
+    before = mlflow_record(client, (fifo, mo), mlflow_server["artifacts"])
+    for summary in (fifo, mo):
+        own = {"pareto/front.png", "pareto/front.html", "pareto/front.csv"}
+        assert own <= before[summary.parent_run_id]["artifacts"].keys()
+    own_png = {s.parent_run_id: before[s.parent_run_id]["artifacts"]["pareto/front.png"] for s in (fifo, mo)}
+    assert own_png[fifo.parent_run_id] == sha(tmp_path / "front.png")
+
+    out = tmp_path / "overlay"
+    out.mkdir()
+    result = skipnet("pareto", fifo.search_id, mo.parent_run_id, "--tracking-uri", url, "--output", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
     for summary in (fifo, mo):
         runs = children(client, summary)
         points = {r.info.run_id: (r.data.metrics["val_top1"], r.data.metrics["val_computation_pct"]) for r in runs}
         front = {rid for rid, p in points.items() if not dominated(p, [q for o, q in points.items() if o != rid])}
-        tagged = {r.info.run_id for r in children(client, summary) if r.data.tags.get("pareto") == "true"}
-        assert tagged == front
-        for r in children(client, summary):
+        assert {r.info.run_id for r in runs if r.data.tags.get("pareto") == "true"} == front
+        for r in runs:
             assert (r.data.tags["pareto_rank"] == "0") == (r.info.run_id in front)
         assert f"search {summary.search_id}" in result.stdout
         for rid in front:
             assert rid in result.stdout
-        parent = client.get_run(summary.parent_run_id)
-        hv = pareto.hypervolume_2d(list(points.values()), (10.0, 100.0), ["max", "min"])   # 10 classes: chance 10 %
-        assert parent.data.metrics["pareto_hypervolume"] == pytest.approx(hv)
-        assert parent.data.metrics["pareto_front_size"] == len(front)
-        logged = {a.path for a in client.list_artifacts(summary.parent_run_id, "pareto")}
-        assert {"pareto/front.png", "pareto/front.html", f"pareto/front-{summary.search_id}.csv"} <= logged
-        rows = (tmp_path / f"front-{summary.search_id}.csv").read_text().strip().splitlines()
+        rows = (out / f"front-{summary.search_id}.csv").read_text().strip().splitlines()
         assert len(rows) == 1 + len(front)
-    html = (tmp_path / "front.html").read_text()
+    html = (out / "front.html").read_text()
     assert "plotly" in html and fifo.search_id in html and mo.search_id in html and "hrl.alpha" in html
-    assert (tmp_path / "front.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "front.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert result.stdout.count("<- knee") == 2
+
+    # the overlay is all the comparison added: each parent's own front, metrics and tags are as they were
+    after = mlflow_record(client, (fifo, mo), mlflow_server["artifacts"])
+    for summary in (fifo, mo):
+        assert after[summary.parent_run_id]["artifacts"]["pareto/front.png"] == own_png[summary.parent_run_id]
+        assert after[summary.parent_run_id]["history"] == before[summary.parent_run_id]["history"]
+    overlay = tracking.overlay_path([mo.search_id, fifo.search_id])
+    assert overlay == tracking.overlay_path([fifo.search_id, mo.search_id]) and overlay in result.stdout
+    expected = {f"{overlay}/{n}" for n in ("front.png", "front.html", f"front-{fifo.search_id}.csv",
+                                            f"front-{mo.search_id}.csv")}
+    for summary in (fifo, mo):
+        files = after[summary.parent_run_id]["artifacts"]
+        assert {p for p in files if p.startswith(overlay)} == expected
+        assert files[f"{overlay}/front.png"] == sha(out / "front.png")
+        for record in (before, after):
+            record[summary.parent_run_id]["artifacts"] = {
+                p: v for p, v in record[summary.parent_run_id]["artifacts"].items() if not p.startswith(overlay)}
+    assert_unchanged(after, before)
+
+    # a single-search pareto after the comparison still shows that search alone
+    result = skipnet("pareto", fifo.search_id, "--tracking-uri", url)
+    assert result.returncode == 0, result.stderr[-3000:]
+    local = stored_artifacts(client.get_run(fifo.parent_run_id), mlflow_server["artifacts"]) / "pareto"
+    assert sha(local / "front.png") == own_png[fifo.parent_run_id]
+    rows = (local / "front.csv").read_text().strip().splitlines()[1:]
+    assert rows and all(r.startswith(f"{fifo.search_id},") for r in rows)
+    html = (local / "front.html").read_text()
+    assert fifo.search_id in html and mo.search_id not in html
 
 
 def test_export_round_trip_reproduces_the_trial(searches, mlflow_server, tmp_path):
@@ -220,17 +359,23 @@ def test_mlflow_outage_loses_nothing_and_sync_backfills_once(local_ray, tmp_path
     before = {r.data.tags["trial_id"]: len(client.get_metric_history(r.info.run_id, "training_iteration"))
               for r in client.search_runs([experiment_.experiment_id], "tags.trial_id != ''")}
     assert sum(before.values()) < 8, "the outage came too late to miss anything"
+    synced_at = time.time() * 1000
     result = skipnet("sync-mlflow", summary.path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "MLflow updated" in result.stdout
     runs = client.search_runs([experiment_.experiment_id], f"tags.`mlflow.parentRunId` = '{summary.parent_run_id}'")
     assert len(runs) == 2
+    frames = ExperimentAnalysis(summary.path).trial_dataframes
     for run in runs:
         for key in ("training_iteration", "val_top1", "val_computation_pct"):
             assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1, 2, 3, 4], key
         assert run.info.status == "FINISHED" and run.data.tags["tune_status"] == "completed"
         assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["checkpoint", "train_config.yaml"]
-    assert client.get_run(summary.parent_run_id).info.status == "FINISHED"
+        # ended when the trial ended (its last result, or later if the callback saw the end), not at the sync
+        last = frames[run.data.tags["trial_id"]]["timestamp"].max() * 1000
+        assert run.info.start_time <= last <= run.info.end_time < synced_at
+    parent = client.get_run(summary.parent_run_id).info
+    assert parent.status == "FINISHED" and parent.end_time == max(r.info.end_time for r in runs)
     assert sync_mlflow(summary.path) == {"runs_created": 0, "results_logged": 0, "checkpoints_logged": 0,
                                          "runs_ended": 0}
     server.stop()

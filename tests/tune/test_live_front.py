@@ -1,11 +1,16 @@
 """The live front of a running search: ``LiveFront``'s logic, and a real search (local Ray, a real
-MLflow server) whose parent run's hypervolume history is replayed from its trials' results."""
+MLflow server) whose parent run's hypervolume history is replayed from its trials' results and
+whose parent run's description shows its last front (``assert_front_shown``)."""
+import json
 import math
+import re
+import shlex
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from skipnet import fronts, pareto, tracking
+from skipnet import fronts, mlflow_ui, pareto, tracking
+from skipnet.cli import build_parser
 from skipnet.errors import ConfigError
 from skipnet.tune.experiment import load_experiment
 from skipnet.tune.live_front import LiveFront
@@ -152,3 +157,50 @@ def test_search_logs_its_front_as_results_arrive(tmp_path, mlflow_server, local_
     assert len(rows) == 1 + len(after.front)
     assert {row.split(",")[2] for row in rows[1:]} == {t.run_id for t in after.front}     # the trials' runs
     assert math.isfinite(client.get_run(parent).data.metrics["pareto_hypervolume_pct"])
+    assert_front_shown(client, parent, "after 24 training iterations")      # the last live update's
+
+
+def assert_front_shown(client, parent_run_id, when):
+    """The MLflow UI shows the search's front (what ``skipnet pareto`` computes from MLflow now):
+    the parent run's description (``when`` its update) has one table row per front trial,
+    cheapest first, with its metrics and an export command that selects exactly it, run through
+    the real CLI parser and selection; each trial's run carries its rank and colour; the search's
+    saved view, run as the UI runs it, lists the search's runs front first."""
+    parent = client.get_run(parent_run_id)
+    front = fronts.analyse(parent.data.tags["search_id"], parent_run_id, tracking.search_trials(client, parent))
+    text = parent.data.tags[mlflow_ui.NOTE]
+    assert text.startswith(f"**Front: {len(front.front)} of {len(front.trials)} trials** ({when}") \
+        and f"hypervolume {front.hypervolume_pct:.2f} %" in text.splitlines()[0]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines()
+            if line.startswith("| ") and not line.startswith("| trial ")]
+    shown = [re.match(r"\[?([\w-]+)", row[0]).group(1) for row in rows]
+    assert shown == [t.trial_id for t in front.front]
+    for t, row in zip(front.front, rows):
+        assert row[-3:-1] == [f"{t.accuracy:.2f}", f"{t.computation:.2f}"], t.trial_id
+        assert ("(knee)" in row[0]) == (t.trial_id == front.knee.trial_id)
+    commands = text.split("```")[1].strip().splitlines()
+    assert len(commands) == len(front.front)
+    for t, row, line in zip(front.front, rows, commands):
+        command, comment = line.split("#", 1)
+        assert comment.split()[0] == t.trial_id and f" {row[-1].strip('`')} " in command
+        argv = shlex.split(command)
+        args = build_parser().parse_args(argv[1:])
+        assert argv[0] == "skipnet" and args.command == "export" and args.search == front.search_id
+        store = tracking.open_store(args.tracking_uri)
+        trials = [p for run in tracking.find_searches(store, args.search) for p in tracking.search_trials(store, run)]
+        picked = fronts.select(trials, max_computation=args.max_computation, min_accuracy=args.min_accuracy,
+                               knee=args.knee, trial_id=args.trial)
+        assert picked.run_id == t.run_id, (line, picked.trial_id)
+    ranks = {t.run_id: int(r) for t, r in zip(front.trials, front.rank)}
+    for run_id, rank in ranks.items():
+        tags = client.get_run(run_id).data.tags
+        assert tags["pareto_rank"] == ("" if rank == pareto.NAN_RANK else str(rank))
+        assert tags[mlflow_ui.RUN_COLOR] == (mlflow_ui.FRONT_COLOR if rank == 0 else mlflow_ui.OTHER_COLOR)
+    experiment = client.get_experiment(parent.info.experiment_id)
+    assert experiment.tags[mlflow_ui.KIND] == "custom_model_development"
+    view = json.loads(experiment.tags[mlflow_ui.SAVED_VIEW + mlflow_ui.view_key(front.search_id)])
+    state = json.loads(view["state"])
+    listed = client.search_runs([experiment.experiment_id], filter_string=state["searchFilter"],
+                                order_by=[f"{state['orderByKey']} {'ASC' if state['orderByAsc'] else 'DESC'}"])
+    assert {r.info.run_id for r in listed} == {parent_run_id, *ranks}          # no shared SP run
+    assert {r.info.run_id for r in listed[:len(front.front)]} == {t.run_id for t in front.front}
