@@ -33,13 +33,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     from skipnet.train.run import fit
 
     cfg = load_train_config(args.config, parse_overrides(args.set))
-    total = (cfg.sp.iterations if cfg.stage in ("base", "sp", "pipeline") else 0) + \
-            (cfg.hrl.iterations if cfg.stage in ("hrl", "pipeline") else 0)
-    bar = tqdm(total=total, desc="train", unit="it", dynamic_ncols=True, disable=args.quiet or None)
+    sp_steps = cfg.sp.iterations if cfg.stage in ("base", "sp", "pipeline") else 0
+    total = sp_steps + (cfg.hrl.iterations if cfg.stage in ("hrl", "pipeline") else 0)
+    terminal = sys.stderr.isatty()
+    bar = tqdm(total=total, desc="train", unit="it", dynamic_ncols=True, disable=args.quiet or not terminal)
+    lines = None if args.quiet or terminal else _ProgressLines(
+        total, lambda i: cfg.sp.batch_size if i < sp_steps else cfg.hrl.batch_size, args.progress_interval)
 
     def on_step(m):
         bar.update(1)
         bar.set_postfix(loss=f"{m.loss:.3f}", acc=f"{m.accuracy:.1f}", exec=f"{m.executed_fraction:.2f}")
+        if lines is not None:
+            lines.step(m)
 
     def on_eval(m):
         bar.write(f"[{m['stage']} {m['iteration']}] val top1 {m['val_top1']:.2f}  "
@@ -51,6 +56,29 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"\n{cfg.model.arch} ({cfg.stage}) -> {cfg.output_dir}")
     print(_table([(k, final[k]) for k in _SUMMARY if k in final]))
     return 0
+
+
+class _ProgressLines:
+    """Progress for logs and pipes (no terminal, so no bar): a line after the first step, then
+    one every ``interval_s`` seconds and at the end: iteration, images/s since the last line, ETA."""
+
+    def __init__(self, total: int, batch_of, interval_s: float) -> None:
+        import time
+        self.clock, self.total, self.batch_of, self.interval_s = time.monotonic, total, batch_of, interval_s
+        self.done = self.done_at_last = 0
+        self.last = self.clock()
+
+    def step(self, m) -> None:
+        self.done += 1
+        now = self.clock()
+        if self.done not in (1, self.total) and now - self.last < self.interval_s:
+            return
+        elapsed = max(now - self.last, 1e-9)
+        images = sum(self.batch_of(i) for i in range(self.done_at_last, self.done)) / elapsed
+        eta = (self.total - self.done) * elapsed / (self.done - self.done_at_last)
+        print(f"train: iteration {self.done}/{self.total}  {images:.0f} img/s  loss {m.loss:.3f}  "
+              f"ETA {int(eta) // 60}:{int(eta) % 60:02d}", flush=True)
+        self.last, self.done_at_last = now, self.done
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -108,24 +136,67 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def _print_summary(summary) -> None:
     from skipnet.tracking import default_tracking_uri, ui_hint
-    rows = sorted(summary.trials, key=lambda r: -(r.get("objective") or r.get("val_top1") or float("-inf")))
-    print(f"\nsearch {summary.search_id}: {len(rows)} trials, {summary.errors} errors")
+    rows = sorted(summary.trials, key=lambda r: (r["error"], -(r.get("objective") or r.get("val_top1") or -1e9)))
+    print(f"\nsearch {summary.search_id}: {len(rows)} trials, {summary.errors} failed")
     print(f"  {'trial':<12} {'steps':>5} {'val_top1':>8} {'comp%':>6} {'objective':>9}  config")
-    for r in rows[:10]:
-        cfg = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in _flat(r["config"] or {}).items())
-        print(f"  {r['trial_id']:<12} {r['training_iteration'] or 0:>5} {r['val_top1'] or 0:>8.2f} "
-              f"{r['val_computation_pct'] or 0:>6.1f} {r['objective'] or 0:>9.2f}  {cfg}")
+    shown = [r for r in rows if not r["error"]][:10] + [r for r in rows if r["error"]]
+    for r in shown:
+        cfg = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in _flat(r["config"]).items())
+        print(f"  {r['trial_id']:<12} {r['training_iteration'] or 0:>5} {_num(r['val_top1'], 8, 2)} "
+              f"{_num(r['val_computation_pct'], 6, 1)} {_num(r['objective'], 9, 2)}  {cfg}"
+              f"{'   FAILED' if r['error'] else ''}")
+    if len(rows) - summary.errors > 10:
+        print(f"  ... {len(rows) - summary.errors - 10} more trials in MLflow")
+    for r in rows:
+        if r["error"]:
+            print(f"  FAILED {r['trial_id']}: {r['error_message']}\n         error file: {r['error_file']}")
     if summary.sp_runs:
         print(f"  SP trained once per SP configuration: {summary.sp_runs} SP runs shared by {len(rows)} trials")
     knee = _print_front(summary)
     print(f"\nstored in {summary.path}   (continue an interrupted search: skipnet resume {summary.path})")
     print(f"MLflow parent run {summary.parent_run_id} at {summary.tracking_uri}")
     print(f"  {ui_hint(summary.tracking_uri)}")
+    for label, link in _ui_links(summary):
+        print(f"  {label}: {link}")
     uri = "" if summary.tracking_uri == default_tracking_uri() else f" --tracking-uri {summary.tracking_uri}"
     print(f"compare fronts: skipnet pareto {summary.search_id}{uri}")
     if knee is not None:
         print(f"export the knee: skipnet export {summary.search_id}{uri} --knee -o best.yaml   "
               f"(then: skipnet train --config best.yaml)")
+
+
+def _ui_links(summary) -> list[tuple[str, str]]:
+    """Where the MLflow UI shows this search: its trials (front first) and its front with the
+    export commands (the parent run's description); none if MLflow does not answer."""
+    from skipnet import mlflow_ui, tracking
+    base = "http://127.0.0.1:5000/" if summary.tracking_uri.startswith("sqlite:") else summary.tracking_uri.rstrip("/") + "/"
+    try:
+        experiment = tracking.open_store(summary.tracking_uri).get_run(summary.parent_run_id).info.experiment_id
+    except Exception:          # the summary stands without links
+        return []
+    return [("trials, front first", base + mlflow_ui.trials_link(experiment, summary.search_id)),
+            ("front and export commands", base + mlflow_ui.run_link(experiment, summary.parent_run_id))]
+
+
+def _num(value, width: int, digits: int) -> str:
+    return f"{value:>{width}.{digits}f}" if isinstance(value, (int, float)) else f"{'-':>{width}}"
+
+
+def _end_ray() -> None:
+    """Shut Ray down before the summary is printed: its workers' last words (a SIGTERM handler's
+    traceback at exit) then come before the summary, never after it."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+
+
+def _search_status(summary, verb: str) -> int:
+    """Exit status of a search: 0, or 1 with one line on stderr when trials failed."""
+    if not summary.errors:
+        return 0
+    print(f"skipnet {verb}: {summary.errors} of {len(summary.trials)} trials failed (listed above with their "
+          "error files)", file=sys.stderr)
+    return 1
 
 
 def _print_front(summary):
@@ -163,14 +234,18 @@ def cmd_search(args: argparse.Namespace) -> int:
     from skipnet.tune.runner import run_search
 
     exp = load_experiment(args.experiment, parse_overrides(args.set))
-    _print_summary(run_search(exp, address=args.address))
-    return 0
+    summary = run_search(exp, address=args.address)
+    _end_ray()
+    _print_summary(summary)
+    return _search_status(summary, "search")
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from skipnet.tune.runner import resume_search
-    _print_summary(resume_search(args.path, address=args.address))
-    return 0
+    summary = resume_search(args.path, address=args.address)
+    _end_ray()
+    _print_summary(summary)
+    return _search_status(summary, "resume")
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -215,24 +290,33 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     import tempfile
     from pathlib import Path
 
-    from skipnet import fronts, plots, tracking
+    from skipnet import fronts, mlflow_ui, plots, tracking
 
-    if args.output and not Path(args.output).is_dir():
-        from skipnet.errors import ConfigError
-        raise ConfigError("--output", args.output, "an existing directory")
+    if args.output:
+        try:
+            Path(args.output).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            from skipnet.errors import ConfigError
+            raise ConfigError("--output", args.output, f"a directory that can be created ({e.strerror})") from None
     client = tracking.open_store(args.tracking_uri)
     reference = (args.reference_accuracy, args.reference_computation)
     results = [fronts.analyse(run.data.tags.get("search_id", run.info.run_name), run.info.run_id,
                               tracking.search_trials(client, run), reference)
                for run in _searches(client, args.searches)]
+    overlay = len(results) > 1               # a comparison: each parent's own front stays as it is
     with tempfile.TemporaryDirectory(prefix="skipnet-pareto-") as tmp:
         out = Path(args.output or tmp)
         files = [plots.front_png(results, out / "front.png"), plots.front_html(results, out / "front.html")]
         for f in results:
-            csv = out / (f"front-{f.search_id}.csv" if len(results) > 1 else "front.csv")
+            csv = out / (f"front-{f.search_id}.csv" if overlay else "front.csv")
             csv.write_text(fronts.front_csv(f))
-            if not args.no_log:
-                tracking.log_front(client, f, [*files, csv])
+            files.append(csv)
+        if not args.no_log and overlay:
+            logged_to = tracking.log_overlay(client, results, files)
+        elif not args.no_log:
+            tracking.log_front(client, results[0], files)
+            mlflow_ui.show_front(client, results[0], when="as `skipnet pareto` computed it")
+            logged_to = "pareto"
     for f in results:
         print(f"\nsearch {f.search_id} (MLflow parent run {f.parent_run_id}): {len(f.trials)} trials, "
               f"{len(f.front)} on the front")
@@ -242,9 +326,12 @@ def cmd_pareto(args: argparse.Namespace) -> int:
         for row in fronts.table(f):
             print(f"  {row['trial']:<14} {row['val_top1']:>8.2f} {row['computation_pct']:>7.2f} {row['steps']:>5}"
                   f"  {row['run_id']}{'  <- knee' if row['knee'] else ''}")
-    if not args.no_log:
-        print("\ntagged pareto=true / pareto_rank on the trials' runs; logged pareto/front.png, front.html and "
-              "the front's CSV to each parent run")
+    if not args.no_log and overlay:
+        print(f"\ntagged pareto=true / pareto_rank on the trials' runs; logged the comparison (front.png, "
+              f"front.html, each front's CSV) to {logged_to}/ of each parent run; their own fronts are unchanged")
+    elif not args.no_log:
+        print(f"\ntagged pareto=true / pareto_rank on the trials' runs; logged {logged_to}/front.png, front.html, "
+              "front.csv and the front's hypervolume to the parent run")
     if args.output:
         print(f"wrote {', '.join(p.name for p in sorted(Path(args.output).glob('front*')))} to {args.output}")
     return 0
@@ -266,8 +353,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     parents = {run.info.run_id: run for run in _searches(client, [args.search])}
     trials = [t for run in parents.values() for t in tracking.search_trials(client, run)]
     point = fronts.select(trials, max_computation=args.max_computation, min_accuracy=args.min_accuracy,
-                          knee=args.knee, label=f"search {args.search}")
-    selected_by = ("knee of the front" if args.knee else
+                          knee=args.knee, trial_id=args.trial, label=f"search {args.search}")
+    selected_by = ("knee of the front" if args.knee else "named by --trial" if args.trial else
                    f"most accurate at <= {args.max_computation:g} % computation" if args.max_computation is not None
                    else f"cheapest at >= {args.min_accuracy:g} % validation top-1")
     parent, run = parents[point.parent_run_id], client.get_run(point.run_id)
@@ -315,7 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="YAML file (see experiments/)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue output_dir/last.pt if it exists")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
+    p.add_argument("--progress-interval", type=float, default=30.0, metavar="SECONDS",
+                   help="without a terminal (a log, a pipe): a progress line every SECONDS (default 30)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint (ours or the authors')")
@@ -369,6 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     pick.add_argument("--max-computation", type=float, metavar="PCT", help="most accurate trial at or under PCT %%")
     pick.add_argument("--min-accuracy", type=float, metavar="PCT", help="cheapest trial at or above PCT %% top-1")
     pick.add_argument("--knee", action="store_true", help="the knee of the front")
+    pick.add_argument("--trial", metavar="TRIAL_ID", help="the trial of this id (the run name of its MLflow run)")
     p.add_argument("-o", "--output", required=True, help="the YAML file to write (e.g. best.yaml)")
     p.add_argument("--register", metavar="NAME", help="also register the checkpoint as MLflow model NAME")
     p.add_argument("--alias", default="best", help="alias of the registered version (default: best)")

@@ -22,7 +22,8 @@ TINY = ["--set", "data.synthetic_size=800", "--set", "data.synthetic_test_size=1
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    result = run("train", "--config", "experiments/quickstart_train.yaml", "--set", f"output_dir={out}", *TINY)
+    result = run("train", "--config", "experiments/quickstart_train.yaml", "--set", f"output_dir={out}",
+                 *TINY[:-1], "--progress-interval", "0")            # output to a pipe: progress lines
     assert result.returncode == 0, result.stderr[-3000:]
     return out, result
 
@@ -35,6 +36,9 @@ def test_train_writes_checkpoints_metrics_and_table(trained):
     final = json.loads((out / "final.json").read_text())
     assert "test_top1" in final and "val_computation_pct" in final
     assert "val_top1" in result.stdout and "test_computation_pct" in result.stdout
+    progress = [line for line in result.stdout.splitlines() if line.startswith("train: iteration")]
+    assert [line.split()[2] for line in progress] == [f"{i}/6" for i in range(1, 7)], result.stdout
+    assert all("img/s" in line and "ETA" in line for line in progress) and "\r" not in result.stdout
 
 
 def test_eval_of_our_checkpoint(trained):

@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +40,23 @@ def objective(metrics: dict[str, Any], weight: float) -> float:
     return metrics["val_top1"] - weight * metrics["val_computation_pct"]
 
 
+def _end_quietly_on_sigterm() -> None:
+    """Let SIGTERM end this worker without a traceback. Tune ends an actor it no longer needs
+    (the SP phase's, the last trials') by SIGTERM; Ray's handler raises ``SystemExit`` wherever
+    Python is, and inside a garbage-collection callback that prints "Exception ignored ...
+    SystemExit: 1" and a traceback, which reached the user's terminal after a successful search.
+    What a trial must keep is already on disk (atomic checkpoints) and reported, so exiting at
+    once loses nothing."""
+    def end(signum, frame):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
+    try:
+        signal.signal(signal.SIGTERM, end)
+    except ValueError:           # not the main thread (a threaded actor): keep Ray's handler
+        pass
+
+
 class SkipNetTrainable(tune.Trainable):
     """One trial. ``config`` holds the searched TrainConfig keys (nested or dotted); the
     experiment's shared training config, step size and objective weight arrive through
@@ -51,6 +71,7 @@ class SkipNetTrainable(tune.Trainable):
         self.restored_weights = ""                   # digest of the donor weights loaded on exploit
         cfg = self._train_config(config)
         threads.configure(cfg.threads, cap=self._cpus())    # else one per CPU of the trial (skipnet.threads)
+        _end_quietly_on_sigterm()
         self.engine = self._start(cfg)
 
     def _start(self, cfg: TrainConfig, splits=None) -> Engine:

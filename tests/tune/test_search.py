@@ -235,3 +235,29 @@ def test_random_searcher_samples_the_same_trials_under_every_scheduler(tmp_path,
     first = sampled(None, "seeded-fifo")
     assert first == sampled(ASHAScheduler(max_t=3, grace_period=1), "seeded-asha")
     assert len(set(first)) == 6
+
+
+def test_failed_trial_is_listed_with_its_error_and_the_search_exits_1(tmp_path, mlflow_server, local_ray, capsys):
+    """A trial that fails for real (CIFAR-10 asked for, no CIFAR-10 on disk) beside one that
+    trains: the summary lists both, the failed one with its error's own line and its error file,
+    and the command's status is 1 with one line on stderr."""
+    from skipnet import cli
+    train = dict(TINY_TRAIN, data=dict(TINY_TRAIN["data"], root=str(tmp_path / "no-cifar-here")))
+    exp = experiment(tmp_path, mlflow_server["url"], "failed-trial", train=train, num_samples=1, max_failures=0,
+                     search_space={"data.name": {"type": "grid", "values": ["synthetic", "cifar10"]}},
+                     searcher={"type": "grid"}, budget={"iterations_per_step": 2, "max_steps": 1})
+    summary = run_search(exp)
+    capsys.readouterr()
+    cli._print_summary(summary)
+    status = cli._search_status(summary, "search")
+    out, err = capsys.readouterr()
+    assert status == 1 and summary.errors == 1 and len(summary.trials) == 2
+    assert err.strip().splitlines() == ["skipnet search: 1 of 2 trials failed (listed above with their error files)"]
+    (failed,) = [r for r in summary.trials if r["error"]]
+    assert failed["trial_id"] and f"FAILED {failed['trial_id']}: ConfigError: data.root: must be an existing " \
+                                  f"directory holding cifar-10-batches-py/" in out, out
+    error_file = Path(out.split("error file: ")[1].split()[0])
+    assert error_file.is_file() and "cifar-10-batches-py" in error_file.read_text()
+    assert "search failed-trial-" in out and "front:" in out           # the rest of the summary is there
+    client = MlflowClient(mlflow_server["url"])
+    assert sorted(r.info.status for r in children(client, summary)) == ["FAILED", "FINISHED"]
