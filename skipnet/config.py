@@ -116,8 +116,9 @@ class TrainConfig:
     threads: int | None = None       # CPU threads of torch (None: one per usable CPU, skipnet/threads.py); results match bitwise only at equal counts
     output_dir: str = "runs/train"
 
-    def validate(self) -> "TrainConfig":
-        """Range checks that types alone do not express."""
+    def validate(self, check_model: bool = True) -> "TrainConfig":
+        """Range checks that types alone do not express; ``check_model`` also looks the
+        architecture up in the model registry (which imports torch)."""
         _positive("sp.lr", self.sp.lr)
         _positive("hrl.lr", self.hrl.lr)
         for section, c in (("sp", self.sp), ("hrl", self.hrl)):
@@ -147,7 +148,8 @@ class TrainConfig:
             raise ConfigError("threads", self.threads, "a positive integer or null (one per usable CPU)")
         if self.data.num_workers < 0:
             raise ConfigError("data.num_workers", self.data.num_workers, "an integer >= 0")
-        _check_model(self.model)
+        if check_model:
+            _check_model(self.model)
         return self
 
 
@@ -324,7 +326,7 @@ def apply_recipe(data: dict) -> dict:
 
 
 def load_train_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
-                      base: dict | None = None) -> TrainConfig:
+                      base: dict | None = None, check_model: bool = True) -> TrainConfig:
     """``TrainConfig`` from a YAML file (or ``base`` dict) plus dotted overrides, validated."""
     data = read_yaml(path) if path is not None else dict(base or {})
     data.pop("export", None)          # what skipnet export records about a trial; not a setting
@@ -332,7 +334,7 @@ def load_train_config(path: str | Path | None = None, overrides: dict[str, Any] 
         set_dotted(data, key, value)
     apply_recipe(data)
     try:
-        return from_dict(TrainConfig, data).validate()
+        return from_dict(TrainConfig, data).validate(check_model)
     except ConfigError as e:
         source = error_source(e, path, overrides)
         raise e.with_source(source) if source is not None else e

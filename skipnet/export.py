@@ -64,7 +64,9 @@ def export_document(point: TrialPoint, train_config: dict[str, Any], *, selected
     cfg["output_dir"] = f"runs/{point.search_id}/{point.trial_id}"
     if cfg.get("threads") is None and point.metrics.get("threads"):
         cfg["threads"] = int(point.metrics["threads"])          # float sums differ with the thread count
-    cfg = to_dict(load_train_config(None, base=dict(cfg)))    # validated, in the config's own key order
+    # validated, in the config's own key order; the architecture name is the one the trial trained
+    # (checking it against the model registry would import torch, 2-3 s of a 4-s command)
+    cfg = to_dict(load_train_config(None, base=dict(cfg), check_model=False))
     note = (f"{scheduler} changed this trial's hyperparameters or weights during the search (see schedule): the "
             "config holds the final values and retraining it does not replay the schedule; use the checkpoint"
             if changed else "skipnet train --config FILE retrains this model with the same seed")
@@ -87,7 +89,7 @@ def export_document(point: TrialPoint, train_config: dict[str, Any], *, selected
 
 def write_export(doc: dict[str, Any], path: str | Path) -> Path:
     """Write atomically: the file appears whole or not at all."""
-    from skipnet.train.run import write_text_atomic
+    from skipnet.files import write_text_atomic
     path = Path(path)
     if not path.parent.is_dir():
         raise ConfigError("-o", str(path), "a file path in an existing directory")

@@ -8,8 +8,6 @@ evaluation), ``final.json`` (validation and test metrics of the best checkpoint)
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,14 +16,8 @@ import yaml
 from skipnet import threads
 from skipnet.checkpoint import atomic_save, read_checkpoint
 from skipnet.config import TrainConfig, to_dict
+from skipnet.files import write_text_atomic
 from skipnet.train.engine import Engine
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def fit(cfg: TrainConfig, *, resume: bool = False, on_step: Callable | None = None,

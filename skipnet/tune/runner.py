@@ -20,7 +20,7 @@ from typing import Any
 
 from skipnet.config import from_dict, to_dict
 from skipnet.errors import ConfigError, SkipNetError
-from skipnet.train.run import write_text_atomic
+from skipnet.files import write_text_atomic
 from skipnet.tune.experiment import PBT_TYPES, ExperimentConfig
 from skipnet.tune.sharing import SP_DIR, SPPlan, checkpoint_uri, plan_sharing, sp_key
 from skipnet.tune.spaces import (SearchSpace, constants, to_optuna_distributions,
