@@ -38,7 +38,6 @@ from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 
 from skipnet.fronts import SearchFront, front_markdown
-from skipnet.pareto import NAN_RANK
 
 NOTE = "mlflow.note.content"                      # description of a run or an experiment (markdown)
 KIND = "mlflow.experimentKind"
@@ -111,22 +110,15 @@ def prepare_ui(client: MlflowClient, experiment_id: str, search_id: str, parent_
 
 def show_front(client: MlflowClient, front: SearchFront, *, experiment_id: str | None = None, when: str = "",
                shown: dict[str, int] | None = None, retry: bool = True) -> dict[str, int]:
-    """Put ``front`` where the UI shows it: each trial's ``pareto``, ``pareto_rank`` (as
-    :func:`skipnet.tracking.tag_ranks`) and run colour, and the parent run's description
+    """Put ``front`` where the UI shows it: each trial's ``pareto``, ``pareto_rank`` and run
+    colour (:func:`skipnet.tracking.tag_ranks`), and the parent run's description
     (:func:`~skipnet.fronts.front_markdown`, ``when`` saying how current it is).
 
     ``shown``: run id -> rank already tagged (those runs are left alone); returns it updated.
     ``retry=False``: fail at once instead of MLflow's minutes of retries (the live front)."""
-    from skipnet.tracking import _no_retries, default_tracking_uri
-    shown = dict(shown or {})
+    from skipnet.tracking import _no_retries, default_tracking_uri, tag_ranks
     with contextlib.nullcontext() if retry else _no_retries():
-        for trial, rank in zip(front.trials, (int(r) for r in front.rank)):
-            if not trial.run_id or shown.get(trial.run_id) == rank:
-                continue
-            client.log_batch(trial.run_id, tags=[
-                RunTag("pareto", str(rank == 0).lower()), RunTag("pareto_rank", "" if rank == NAN_RANK else str(rank)),
-                RunTag(RUN_COLOR, FRONT_COLOR if rank == 0 else OTHER_COLOR)])
-            shown[trial.run_id] = rank
+        shown = tag_ranks(client, front.trials, front.rank, shown)
         if experiment_id is None:
             experiment_id = client.get_run(front.parent_run_id).info.experiment_id
         uri = client.tracking_uri

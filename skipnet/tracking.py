@@ -29,7 +29,7 @@ from mlflow.tracking import MlflowClient
 from skipnet.config import flatten
 from skipnet.errors import ConfigError, SkipNetError
 from skipnet.fronts import TrialPoint
-from skipnet.mlflow_ui import prepare_ui
+from skipnet.mlflow_ui import FRONT_COLOR, OTHER_COLOR, RUN_COLOR, prepare_ui
 from skipnet.pareto import NAN_RANK
 
 DEFAULT_DB = "mlflow.db"
@@ -274,24 +274,30 @@ def search_trials(client: MlflowClient, parent) -> list[TrialPoint]:
     return sorted(points, key=lambda p: p.trial_id)
 
 
-def tag_ranks(client: MlflowClient, points: list[TrialPoint], ranks) -> None:
-    """``pareto=true|false`` and ``pareto_rank`` (0 = the front) on every trial's run."""
+def tag_ranks(client: MlflowClient, points: list[TrialPoint], ranks,
+              shown: dict[str, int] | None = None) -> dict[str, int]:
+    """``pareto=true|false``, ``pareto_rank`` (0 = the front) and the run colour (front trials
+    stand out in the UI, :mod:`skipnet.mlflow_ui`) on every trial's run. ``shown``: run id ->
+    rank already tagged (left alone); returns it updated."""
+    shown = dict(shown or {})
     for point, rank in zip(points, ranks):
         rank = int(rank)
-        on_front = rank == 0
-        tags = [RunTag("pareto", str(on_front).lower()),
-                RunTag("pareto_rank", "" if rank == NAN_RANK else str(rank))]
-        client.log_batch(point.run_id, tags=tags)
+        if not point.run_id or shown.get(point.run_id) == rank:
+            continue
+        client.log_batch(point.run_id, tags=[
+            RunTag("pareto", str(rank == 0).lower()), RunTag("pareto_rank", "" if rank == NAN_RANK else str(rank)),
+            RunTag(RUN_COLOR, FRONT_COLOR if rank == 0 else OTHER_COLOR)])
+        shown[point.run_id] = rank
+    return shown
 
 
 def log_front(client: MlflowClient, front, files: list[Path]) -> None:
-    """Tag the search's trials with their rank and log its own front (``pareto/front.png``,
-    ``front.html``, ``front.csv``) and the front's size and hypervolume to its parent run, at
+    """Log the search's own front (``pareto/front.png``, ``front.html``, ``front.csv``) and the
+    front's size and hypervolume to its parent run (the trials' ranks: ``mlflow_ui.show_front``), at
     step 0: the live front of the running search (``log_live_front``) logs at steps > 0
     (training iterations), so MLflow's latest value of ``pareto_hypervolume_pct`` stays the last
     live one, which equals this one at the default reference point. Several searches compared
     go to ``log_overlay`` instead."""
-    tag_ranks(client, front.trials, front.rank)
     for path in files:
         client.log_artifact(front.parent_run_id, str(path), artifact_path="pareto")
     now = int(time.time() * 1000)
