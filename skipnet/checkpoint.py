@@ -39,6 +39,7 @@ from skipnet.models.gates import GateKind, parse_gate_kind
 
 FORMAT = "skipnet-tune/1"
 _ACCEPTED = "expected a complete .pt file written by skipnet or one of the authors' .pth.tar files"
+TUNE_CHECKPOINT_FILE = "engine.pt"      # what a Tune trial's checkpoint directory holds (skipnet.tune.trainable)
 
 
 @dataclass
@@ -93,28 +94,48 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, *, info: Checkpoi
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a checkpoint file weights-only; one-line ``CheckpointError`` when it is not one."""
-    path = Path(path)
+    """Load a checkpoint weights-only; one-line ``CheckpointError`` when it is not one.
+
+    ``path`` is a file or a Tune trial's checkpoint directory (its ``engine.pt``), local or a
+    storage URI (``s3://...``, fetched into a temporary directory first: ``skipnet.storage``).
+    """
+    from skipnet import storage
+    if not storage.is_uri(path):
+        return _read_local(Path(path), str(Path(path)))
+    try:
+        with storage.local_copy(path) as local:
+            return _read_local(Path(local), path)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint: no such file: {path}") from None
+    except OSError as e:                      # no credentials, no such bucket, no answer
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"checkpoint {path}: cannot be fetched ({first})") from None
+
+
+def _read_local(path: Path, shown: str) -> dict[str, Any]:
+    """``read_checkpoint`` of a local file or checkpoint directory; messages name ``shown``."""
+    if path.is_dir() and (path / TUNE_CHECKPOINT_FILE).is_file():
+        path, shown = path / TUNE_CHECKPOINT_FILE, f"{shown.rstrip('/')}/{TUNE_CHECKPOINT_FILE}"
     if not path.is_file():
-        raise CheckpointError(f"checkpoint: no such file: {path}")
+        raise CheckpointError(f"checkpoint: no such file: {shown}")
     with open(path, "rb") as f:
         head = f.read(262)
     if not head.startswith((b"PK\x03\x04", b"\x80")) and head[257:262] != b"ustar":   # zip, pickle, old tar
-        raise CheckpointError(f"checkpoint {path}: not a PyTorch checkpoint (neither a zip archive nor a "
+        raise CheckpointError(f"checkpoint {shown}: not a PyTorch checkpoint (neither a zip archive nor a "
                               f"pickle); {_ACCEPTED}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if "Weights only load failed" in str(e):
-            raise CheckpointError(f"checkpoint {path}: refused: it is not weights-only (it would run "
+            raise CheckpointError(f"checkpoint {shown}: refused: it is not weights-only (it would run "
                                   f"code or load objects other than tensors): {_unsafe_reason(e)}") from None
-        raise CheckpointError(f"checkpoint {path}: not a PyTorch checkpoint ({first}); {_ACCEPTED}") from None
+        raise CheckpointError(f"checkpoint {shown}: not a PyTorch checkpoint ({first}); {_ACCEPTED}") from None
     except Exception as e:  # torch raises many kinds on damaged files (KeyError, EOFError, ...)
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"checkpoint {path}: unreadable or truncated ({msg}); {_ACCEPTED}") from None
+        raise CheckpointError(f"checkpoint {shown}: unreadable or truncated ({msg}); {_ACCEPTED}") from None
     if not isinstance(obj, dict):
-        raise CheckpointError(f"checkpoint {path}: expected a dict with a state_dict, got {type(obj).__name__}")
+        raise CheckpointError(f"checkpoint {shown}: expected a dict with a state_dict, got {type(obj).__name__}")
     return obj
 
 
@@ -229,15 +250,18 @@ def _check_gate_kind(model: nn.Module, ckpt: dict[str, Any], where: str) -> None
                           f"the model has {_gates(ours)}: {hint}")
 
 
-def load_checkpoint(model: nn.Module, path: str | os.PathLike, *, strict: bool = True) -> CheckpointInfo:
+def load_checkpoint(model: nn.Module, path: str | os.PathLike, *, strict: bool = True,
+                    checkpoint: Mapping[str, Any] | None = None) -> CheckpointInfo:
     """Load weights into ``model`` from one of our checkpoints or one of the authors' files.
 
     Checks keys and shapes (the architecture's name may differ: an SP checkpoint loads into
     the HRL variant of the same network); any mismatch is a one-line ``CheckpointError``
     naming the recorded architecture and what did not match -- with ``strict``, gates of
     another type than the model's are named as such (``checkpoint_gate_kind``).
+    ``path`` may be a storage URI (``read_checkpoint``); ``checkpoint``: the file as
+    ``read_checkpoint`` already returned it, not read (or fetched) again, ``path`` naming it.
     """
-    ckpt = read_checkpoint(path)
+    ckpt = read_checkpoint(path) if checkpoint is None else checkpoint
     if ckpt.get("format") == FORMAT:
         info = CheckpointInfo(**ckpt["info"])
         if strict:

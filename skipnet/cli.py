@@ -117,7 +117,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                           synthetic_test_size=dc.synthetic_test_size)
     model = create_model(arch, num_classes=splits.num_classes)
     try:
-        load_checkpoint(model, args.checkpoint)
+        load_checkpoint(model, args.checkpoint, checkpoint=ckpt)       # read once (an s3:// file: fetched once)
     except CheckpointError as e:
         raise CheckpointError(f"--checkpoint: {e}") from None
     device = resolve_device(args.device)
@@ -250,7 +250,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     from skipnet import cluster
-    job_id = cluster.submit(args.experiment, args.address, working_dir=args.working_dir, overrides=args.set)
+    job_id = cluster.submit(args.experiment, args.address, working_dir=args.working_dir, overrides=args.set,
+                            env=args.env)
     print(job_id)
     print(f"follow it: skipnet status {job_id} --address {args.address}; skipnet logs {job_id} --address {args.address}",
           file=sys.stderr)
@@ -408,7 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint (ours or the authors')")
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True,
+                   help="a .pt file, a Tune trial's checkpoint directory, or either as a storage URI (s3://...)")
     p.add_argument("--arch", help="architecture (needed for the authors' files)")
     p.add_argument("--data", help="data set name (default: the one the checkpoint was trained on)")
     p.add_argument("--data-root", help="data directory")
@@ -424,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("resume", help="continue an interrupted search")
-    p.add_argument("path", help="the search directory printed by skipnet search")
+    p.add_argument("path", help="the search directory or URI (s3://...) printed by skipnet search")
     p.add_argument("--address", help="Ray cluster address")
     p.set_defaults(func=cmd_resume)
 
@@ -433,6 +435,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", required=True, help="Ray dashboard URL, e.g. http://HEAD:8265")
     p.add_argument("--working-dir", default=".", help="directory uploaded with the job (default: .)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override an experiment key (repeatable)")
+    p.add_argument("--env", action="append", metavar="NAME", default=[],
+                   help="pass this variable from your environment to the job, e.g. AWS_SECRET_ACCESS_KEY "
+                        "(repeatable; its value is never printed or logged to MLflow)")
     p.set_defaults(func=cmd_submit)
     for verb, fn, text in (("status", cmd_status, "status of a submitted search"),
                            ("logs", cmd_logs, "logs of a submitted search"),
@@ -466,7 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("sync-mlflow", help="copy into MLflow what a search's Tune storage holds and MLflow lacks")
-    p.add_argument("path", help="the search directory printed by skipnet search")
+    p.add_argument("path", help="the search directory or URI (s3://...) printed by skipnet search")
     p.set_defaults(func=cmd_sync_mlflow)
     return parser
 
@@ -476,6 +481,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except SkipNetError as e:
+        stopped = getattr(e, "signum", None)            # SearchInterrupted: stopped on purpose, resumable
+        if stopped:
+            _end_ray()
+            print(f"skipnet {args.command}: {e}", file=sys.stderr)
+            return 128 + stopped
         print(f"skipnet {args.command}: error: {e}", file=sys.stderr)
         return 2
     except Exception as e:

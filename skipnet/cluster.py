@@ -2,29 +2,37 @@
 
 ``submit`` uploads the working directory (minus virtual environments, runs and local stores)
 as the job's ``runtime_env`` and runs ``python -m skipnet search EXPERIMENT --address auto`` on
-the cluster. Ray 2.60 clusters require token authentication by default: unless a token is
-given (``RAY_AUTH_TOKEN`` / ``RAY_AUTH_TOKEN_PATH``), the client runs in token mode and reads
-the token ``ray start`` wrote to the user's Ray directory. ``status``, ``logs`` and ``stop`` send
-the same token to the same REST endpoints themselves, without importing ray (1-2 s saved).
+the cluster, with the variables named by ``--env`` copied from the caller's environment (S3
+credentials, say). It first asks the cluster whether it wants a token (``skipnet.ray_auth``),
+so it works against a token cluster and a plain ``ray start`` alike. ``status``, ``logs`` and
+``stop`` send the token (if any) to the same REST endpoints themselves, without importing ray.
+``stop`` sends the driver SIGTERM: it ends its MLflow runs ``KILLED`` and Tune saves the
+search's state, within the ``STOP_WAIT_S`` the job is given before Ray's SIGKILL.
 """
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import time
 from pathlib import Path
 
 from skipnet.errors import ConfigError, SkipNetError
+from skipnet.ray_auth import NO_TOKEN, match_dashboard, token
 
 AGENT_WAIT_S = 120.0   # how long submit waits for the job agent of a head that is still starting
+STOP_WAIT_S = 30       # SIGTERM to SIGKILL on skipnet stop (Ray's default, 3 s, is too short to save state)
 EXCLUDES = [".venv", "venv", ".git", "runs", "mlruns", "mlflow.db", "data", "__pycache__", "*.pt", "*.pth.tar",
             "benchmarks/results"]
 
 
-def _client(address: str):
+def _check_dashboard(address: str) -> None:
     if not address.startswith(("http://", "https://")):
         raise ConfigError("--address", address, "the Ray dashboard URL, e.g. http://127.0.0.1:8265")
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+
+def _client(address: str):
+    _check_dashboard(address)
     from ray.job_submission import JobSubmissionClient
     try:
         return JobSubmissionClient(address)
@@ -34,9 +42,26 @@ def _client(address: str):
                            f"(expected the dashboard URL of a running cluster, e.g. http://HEAD:8265)") from None
 
 
-def submit(experiment: str, address: str, *, working_dir: str = ".", overrides: list[str] | None = None) -> str:
-    """Submit ``skipnet search`` of ``experiment`` (a path inside ``working_dir``); the job id."""
-    os.environ.setdefault("RAY_AUTH_MODE", "token")    # read when ray is imported (validation below imports it)
+def job_env(names: list[str] | None) -> dict[str, str]:
+    """The job's environment variables: each named one from this environment (an unset or
+    malformed name is refused in one line), and the stop grace period."""
+    env = {"RAY_JOB_STOP_WAIT_TIME_S": str(STOP_WAIT_S)}
+    for name in names or []:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise ConfigError("--env", name, "the name of an environment variable, e.g. AWS_SECRET_ACCESS_KEY")
+        if name not in os.environ:
+            raise ConfigError("--env", name, "a variable set in this environment (export it first)")
+        env[name] = os.environ[name]
+    return env
+
+
+def submit(experiment: str, address: str, *, working_dir: str = ".", overrides: list[str] | None = None,
+           env: list[str] | None = None) -> str:
+    """Submit ``skipnet search`` of ``experiment`` (a path inside ``working_dir``); the job id.
+    ``env`` names variables passed from this environment into the job (values never printed)."""
+    _check_dashboard(address)
+    env_vars = job_env(env)
+    match_dashboard(address)                           # before ray is imported (validation below imports it)
     from skipnet.config import parse_overrides
     from skipnet.tune.experiment import load_experiment
     from skipnet.tune.runner import build_scheduler, load_space
@@ -54,7 +79,8 @@ def submit(experiment: str, address: str, *, working_dir: str = ".", overrides: 
     while True:
         try:
             return client.submit_job(entrypoint=" ".join(shlex.quote(a) for a in args),
-                                     runtime_env={"working_dir": working_dir, "excludes": EXCLUDES},
+                                     runtime_env={"working_dir": working_dir, "excludes": EXCLUDES,
+                                                  "env_vars": env_vars},
                                      metadata={"skipnet": "search", "experiment": rel})
         except RuntimeError as e:      # the SDK's error for a refused request: one line for the user
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -64,28 +90,15 @@ def submit(experiment: str, address: str, *, working_dir: str = ".", overrides: 
             raise SkipNetError(f"submit: the Ray Jobs API at {address} refused the job: {first}") from None
 
 
-def _token() -> str | None:
-    """The cluster token as Ray's own client finds it: ``RAY_AUTH_TOKEN``, the file named by
-    ``RAY_AUTH_TOKEN_PATH``, or ``~/.ray/auth_token`` (where ``ray start`` writes it)."""
-    if os.environ.get("RAY_AUTH_TOKEN"):
-        return os.environ["RAY_AUTH_TOKEN"].strip()
-    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
-    try:
-        return path.read_text().strip() or None
-    except OSError:
-        return None
-
-
 def _jobs_api(method: str, address: str, path: str) -> dict:
     """One request to the Ray Jobs REST API (what ``JobSubmissionClient`` sends), without
     importing ray: ``status``, ``logs`` and ``stop`` answer in the time of the request."""
     import json
     import urllib.error
     import urllib.request
-    if not address.startswith(("http://", "https://")):
-        raise ConfigError("--address", address, "the Ray dashboard URL, e.g. http://127.0.0.1:8265")
-    token = _token()
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    _check_dashboard(address)
+    secret = token()
+    headers = {"Authorization": f"Bearer {secret}"} if secret else {}
     request = urllib.request.Request(address.rstrip("/") + path, method=method, headers=headers,
                                      data=b"" if method == "POST" else None)
     try:
@@ -95,8 +108,8 @@ def _jobs_api(method: str, address: str, path: str) -> dict:
         body = e.read().decode(errors="replace").strip()
         first = body.splitlines()[0] if body else e.reason
         if e.code == 401:
-            raise SkipNetError(f"--address: the cluster at {address} requires its token and none was found: set "
-                               "RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH, or copy the head's ~/.ray/auth_token") from None
+            raise SkipNetError(f"--address: the cluster at {address} requires its token and none was found: "
+                               f"{NO_TOKEN}") from None
         if e.code == 403:
             raise SkipNetError(f"--address: the cluster at {address} refused the token ({first}): use the head's "
                                "token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token)") from None

@@ -151,6 +151,18 @@ class SearchTracker:
         self.end_search(status, end_time=max(ends) if ends else None)
         return True
 
+    def reopen_search(self) -> bool:
+        """A resume: the parent run of a search stopped on purpose (``KILLED``) runs again; a
+        finished or failed one keeps its record. True if it was reopened."""
+        return self.reopen(self.parent_run_id)
+
+    def reopen(self, run_id: str | None) -> bool:
+        """``run_id`` back to ``RUNNING`` if it was ``KILLED`` (its trial continues). True if so."""
+        if not run_id or self.client.get_run(run_id).info.status != "KILLED":
+            return False
+        self.client.update_run(run_id, status="RUNNING")
+        return True
+
     # -- children -----------------------------------------------------------------------------
     def find_child(self, trial_id: str) -> str | None:
         if trial_id in self._children:

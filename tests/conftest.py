@@ -73,6 +73,45 @@ def mlflow_server(tmp_path_factory):
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3 API on 127.0.0.1 (moto's ``moto_server`` from the venv) holding one empty
+    bucket, started once per test session and stopped by its PID. Nothing is set globally: a
+    test passes ``env`` to the processes it starts, or sets it with ``monkeypatch`` before its
+    first S3 call (pyarrow reads it when it creates a filesystem)."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+    root, port, bucket = tmp_path_factory.mktemp("s3-server"), free_port(), "skipnet-test"
+    endpoint = f"http://127.0.0.1:{port}"
+    log = open(root / "server.log", "w")
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 60
+        while True:                                    # the bucket's PUT answers once the server does
+            try:
+                urllib.request.urlopen(urllib.request.Request(f"{endpoint}/{bucket}", method="PUT"), timeout=2).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"moto_server did not start: {(root / 'server.log').read_text()[-2000:]}")
+                time.sleep(0.3)
+        yield {"endpoint": endpoint, "bucket": bucket,
+               "env": {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
+                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
 @pytest.fixture(scope="module")
 def local_ray():
     """One local Ray per test module, on 127.0.0.1 only."""
@@ -84,3 +123,4 @@ def local_ray():
     assert {node["NodeManagerAddress"] for node in ray.nodes()} == {"127.0.0.1"}
     yield
     ray.shutdown()
+

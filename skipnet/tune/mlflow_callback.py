@@ -115,7 +115,7 @@ class MLflowSearchCallback(tune.Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         self._ran = True
-        self._mirror("a trial start", self._run, trial)
+        self._mirror("a trial start", lambda: self.tracker.reopen(self._run(trial)))   # KILLED: resumed
 
     def on_trial_result(self, iteration, trials, trial, result: dict[str, Any], **info) -> None:
         self._mirror("a result", self._log_result, trial, result)
@@ -182,7 +182,8 @@ class MLflowSearchCallback(tune.Callback):
         tags = completion_tags(trial.last_result or {}, self.max_steps)
         checkpoint = trial.checkpoint                # the latest: the model the last metrics describe
         if checkpoint is not None:
-            tags["checkpoint_path"] = checkpoint.path
+            from skipnet.storage import uri_of
+            tags["checkpoint_path"] = uri_of(checkpoint.path, checkpoint.filesystem)   # s3://... keeps its scheme
             with checkpoint.as_directory() as directory:
                 self.tracker.log_checkpoint(run_id, directory)
         self.tracker.end_child(run_id, "FINISHED", tags)
@@ -193,13 +194,19 @@ class MLflowSearchCallback(tune.Callback):
                                                                      {"tune_status": "error"}))
 
     def on_experiment_end(self, trials, **info) -> None:
-        """The search's last front and the parent run's end, now. A fit that ran no trial (a
-        resume of a finished search) changes nothing, unless the parent was left running (the
+        """The search's last front and the parent run's end, now. A search stopped before its
+        trials finished ends its running runs ``KILLED`` (``skipnet.tune.stopping``). A fit that
+        ran no trial (a resume of a finished search) changes nothing, unless the parent was left running (the
         driver stopped before getting here): then it is ended at its last trial's end."""
-        if not self._ran and not self._parent_running():
+        from skipnet.tune.stopping import end_killed, interrupted
+        stopped = interrupted() is not None                  # Ctrl-C, SIGTERM: Tune ended the trials
+        if not stopped and not self._ran and not self._parent_running():
             return
         if self.live is not None and self.live.pending:      # a stopped search keeps its last front
             self._mirror("the search's front", self._log_front)
+        if stopped:
+            self._mirror("the search stop", end_killed, self.tracker)
+            return
         if self.ends_search:
             end = self.tracker.end_search if self._ran else self.tracker.close_search
             self._mirror("the search end", end, "FINISHED")

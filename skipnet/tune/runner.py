@@ -15,12 +15,11 @@ import re
 import socket
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from skipnet import storage
 from skipnet.config import from_dict, to_dict
 from skipnet.errors import ConfigError, SkipNetError
-from skipnet.files import write_text_atomic
 from skipnet.tune.experiment import PBT_TYPES, ExperimentConfig
 from skipnet.tune.sharing import SP_DIR, SPPlan, checkpoint_uri, plan_sharing, sp_key
 from skipnet.tune.spaces import (SearchSpace, constants, to_optuna_distributions,
@@ -46,13 +45,17 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 
     Ray 2.60 moves ``_node_ip_address=127.0.0.1`` to the routable address unless clusters are
     off (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``), so the local default sets that first.
-    Token authentication stays as Ray configures it (on by default).
+    A cluster's token authentication is matched first (``skipnet.ray_auth``); a local Ray has
+    it on, as Ray 2.60 starts it.
     """
     import ray
     if ray.is_initialized():
         return
     if address or os.environ.get("RAY_ADDRESS"):       # a cluster (inside a Ray job: RAY_ADDRESS)
         check_ray_address(address)
+        if address and address not in ("auto", "local") and "://" not in address:
+            from skipnet.ray_auth import match_gcs
+            match_gcs(address)                         # token mode if the cluster asks for it, in seconds
         try:
             ray.init(address=address or None, log_to_driver=True)
         except (ConnectionError, RuntimeError, ValueError) as e:   # Ray's own refusal, in one line
@@ -176,8 +179,7 @@ def _trainable(exp: ExperimentConfig, *, sp_phase: bool = False, sp_results: dic
 
 
 def _storage(exp: ExperimentConfig) -> str:
-    path = exp.storage_path
-    return path if "://" in path else str(Path(path).resolve())
+    return storage.resolve(exp.storage_path)
 
 
 def build_tuner(exp: ExperimentConfig, search_id: str, parent_run_id: str, tracking_uri: str, *,
@@ -276,6 +278,8 @@ def _run_phases(exp: ExperimentConfig, search_id: str, path: str, parent: str, u
                 plan: SPPlan | None, resume: bool) -> SearchSummary:
     """The SP phase (when ``plan`` shares SP), then the searched trials; new or resumed."""
     from ray import tune
+
+    from skipnet.tune import stopping
     started = time.monotonic()
     spent = _spent(path) if resume else None        # a resume that trains nothing logs no cost
     shared = None
@@ -286,7 +290,9 @@ def _run_phases(exp: ExperimentConfig, search_id: str, path: str, parent: str, u
                                           resume_unfinished=True, resume_errored=True)
         else:
             sp_tuner = build_sp_tuner(exp, search_id, parent, uri, plan)
-        shared = _shared_sp(exp, sp_tuner.fit(), uri, parent)
+        sp_results = sp_tuner.fit()
+        stopping.check(path)
+        shared = _shared_sp(exp, sp_results, uri, parent)
     if resume and tune.Tuner.can_restore(path):
         search_alg, param_space = _search(exp, load_space(exp))
         tuner = tune.Tuner.restore(path, trainable=_trainable(exp, sp_results=shared.checkpoints if shared else None),
@@ -294,6 +300,7 @@ def _run_phases(exp: ExperimentConfig, search_id: str, path: str, parent: str, u
     else:
         tuner = build_tuner(exp, search_id, parent, uri, plan=plan, shared=shared)
     results = tuner.fit()
+    stopping.check(path)
     summary = _summary(results, search_id, path, parent, uri)
     summary.sp_runs = len(shared.checkpoints) if shared else 0
     if not resume or _spent(path) != spent:
@@ -302,57 +309,72 @@ def _run_phases(exp: ExperimentConfig, search_id: str, path: str, parent: str, u
 
 
 def run_search(exp: ExperimentConfig, *, address: str | None = None) -> SearchSummary:
-    """Run the experiment to the end; trials land in MLflow under one parent run."""
-    from skipnet.tracking import SearchTracker
+    """Run the experiment to the end; trials land in MLflow under one parent run.
+
+    Nothing is created (no MLflow run, no search directory) before Ray has accepted the
+    connection; a stopped search raises ``SearchInterrupted`` (``skipnet.tune.stopping``)."""
+    from skipnet.tracking import SearchTracker, check_store, resolve_uri
+    from skipnet.tune.stopping import on_stop_signals
     space = load_space(exp)                        # fail on a bad space before starting anything
     build_scheduler(exp)
-    check_ray_address(address)                     # an unreachable cluster: fail before MLflow and files
+    check_ray_address(address)                     # an unreachable cluster: fail in seconds
+    check_store(resolve_uri(exp.mlflow.tracking_uri))
+    init_ray(address, num_cpus=None)
     search_id = f"{exp.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     tracker = SearchTracker(exp.mlflow.tracking_uri, exp.mlflow.experiment_name)
     parent = tracker.start_search(search_id, to_dict(exp), space.to_dict())
     path = _search_path(exp, search_id)
-    _write_meta(path, exp, search_id, parent, tracker.uri)
-    init_ray(address, num_cpus=None)
-    return _run_phases(exp, search_id, path, parent, tracker.uri, plan=plan_sharing(exp, space)[0], resume=False)
+    try:
+        _write_meta(path, exp, search_id, parent, tracker.uri)
+    except SkipNetError:                           # storage refused: the parent run says the search failed
+        tracker.end_search("FAILED")
+        raise
+    with on_stop_signals(tracker, path):
+        return _run_phases(exp, search_id, path, parent, tracker.uri, plan=plan_sharing(exp, space)[0], resume=False)
 
 
 def resume_search(path: str, *, address: str | None = None) -> SearchSummary:
     """Continue the interrupted search stored at ``path`` (the directory ``run_search`` printed).
 
-    Resuming a finished search trains nothing and leaves MLflow as it was: the parent run keeps
-    its end time and the search's cost is not logged again (``MLflowSearchCallback`` and
-    ``_run_phases`` see that no trial ran)."""
+    A search stopped on purpose (its MLflow runs ``KILLED``) has its parent run reopened; the
+    callback reopens each trial's run as the trial continues. Resuming a finished search trains
+    nothing and leaves MLflow as it was: the parent run keeps its end time and the search's
+    cost is not logged again (``MLflowSearchCallback`` and ``_run_phases`` see that no trial ran)."""
     from ray import tune
-    if "://" not in path:
-        path = str(Path(path).resolve())          # Tune's restore reads a URI: a relative path has no scheme
+
+    from skipnet.tracking import SearchTracker
+    from skipnet.tune.stopping import on_stop_signals
+    path = storage.resolve(path)                  # Tune's restore reads a URI: a relative path has no scheme
     meta, exp = read_search_meta(path)
     init_ray(address)
     plan, _ = plan_sharing(exp, load_space(exp))
     if plan is None and not tune.Tuner.can_restore(path):
         raise SkipNetError(f"resume: {path}: Tune has no experiment state to restore there yet")
-    return _run_phases(exp, meta["search_id"], str(path), meta["parent_run_id"], meta["tracking_uri"], plan=plan,
-                       resume=True)
+    tracker = None
+    try:
+        tracker = SearchTracker(meta["tracking_uri"], exp.mlflow.experiment_name)
+        tracker.parent_run_id = meta["parent_run_id"]
+        tracker.reopen_search()
+    except Exception as e:                         # MLflow down: the search goes on, sync-mlflow later
+        import logging
+        logging.getLogger(__name__).warning("MLflow unreachable (%s): the resumed runs are not reopened", e)
+    with on_stop_signals(tracker, str(path)):
+        return _run_phases(exp, meta["search_id"], str(path), meta["parent_run_id"], meta["tracking_uri"],
+                           plan=plan, resume=True)
 
 
 def search_cost(path: str) -> dict[str, float]:
     """Training iterations a search actually ran, by stage, read from every result Tune stored
     (SP phase included; a step redone after a restore counts again, since it was paid again)."""
-    import pyarrow.fs
-
     cost = {"sp": 0.0, "hrl": 0.0}
-    fs, root = pyarrow.fs.FileSystem.from_uri(path) if "://" in path else (pyarrow.fs.LocalFileSystem(), path)
-    selector = pyarrow.fs.FileSelector(root, recursive=True, allow_not_found=True)
-    for info in fs.get_file_info(selector):
-        if info.base_name != "result.json":
-            continue
-        with fs.open_input_stream(info.path) as f:
-            for line in f.read().decode().splitlines():
-                try:
-                    result = json.loads(line)
-                except json.JSONDecodeError:
-                    continue                          # a line cut by a crash
-                stage = "hrl" if result.get("stage") == "hrl" else "sp"
-                cost[stage] += float(result.get("iterations_trained", 0))
+    for text in storage.read_all(path, "result.json").values():
+        for line in text.splitlines():
+            try:
+                result = json.loads(line)
+            except json.JSONDecodeError:
+                continue                              # a line cut by a crash
+            stage = "hrl" if result.get("stage") == "hrl" else "sp"
+            cost[stage] += float(result.get("iterations_trained", 0))
     return cost
 
 
@@ -389,13 +411,17 @@ def _log_cost(exp: ExperimentConfig, path: str, parent: str, uri: str, wall_s: f
 
 
 def read_search_meta(path: str) -> tuple[dict[str, Any], ExperimentConfig]:
-    """What ``run_search`` wrote into the search directory: ids, tracking URI and experiment."""
-    meta_file = Path(path) / SEARCH_FILE
-    accepted = f"a local search directory holding {SEARCH_FILE} (printed by skipnet search)"
-    if not meta_file.is_file():
-        raise ConfigError("PATH", path, accepted)
+    """What ``run_search`` wrote into the search directory (a local one or a URI): ids, tracking
+    URI and experiment."""
+    accepted = f"a search directory or URI holding {SEARCH_FILE} (printed by skipnet search)"
     try:
-        meta = json.loads(meta_file.read_text())
+        text = storage.read_text(storage.join(path, SEARCH_FILE))
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise ConfigError("PATH", path, accepted) from None
+    except OSError as e:                               # a bucket refused: credentials, endpoint
+        raise ConfigError("PATH", path, f"{accepted}; reading it failed ({_first_line(e)})") from None
+    try:
+        meta = json.loads(text)
         exp = from_dict(ExperimentConfig, meta["experiment"]).validate()
         meta = {k: meta[k] for k in ("search_id", "parent_run_id", "tracking_uri", "experiment")}
     except (json.JSONDecodeError, KeyError, TypeError, ConfigError) as e:
@@ -404,23 +430,28 @@ def read_search_meta(path: str) -> tuple[dict[str, Any], ExperimentConfig]:
 
 
 def _search_path(exp: ExperimentConfig, search_id: str) -> str:
-    storage = _storage(exp)
-    return f"{storage.rstrip('/')}/{search_id}" if "://" in storage else str(Path(storage) / search_id)
+    return storage.join(_storage(exp), search_id)
 
 
 def _write_meta(path: str, exp: ExperimentConfig, search_id: str, parent: str, uri: str) -> None:
-    if "://" in path:
-        return                                        # cloud storage: resume needs the parent id passed in
-    Path(path).mkdir(parents=True, exist_ok=True)
+    """``skipnet_search.json`` in the search directory, a bucket's too: what resume and sync read."""
     meta = {"search_id": search_id, "parent_run_id": parent, "tracking_uri": uri, "experiment": to_dict(exp)}
-    write_text_atomic(Path(path) / SEARCH_FILE, json.dumps(meta, indent=2))
+    try:
+        storage.write_text(storage.join(path, SEARCH_FILE), json.dumps(meta, indent=2))
+    except OSError as e:                               # read-only directory, no such bucket, no credentials
+        raise ConfigError("storage_path", exp.storage_path,
+                          f"a directory or URI the search can write to ({_first_line(e)})") from None
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 def _summary(results, search_id: str, path: str, parent: str, uri: str) -> SearchSummary:
     rows = []
     for r in results:
         m = r.metrics or {}
-        trial_dir = str(r.path or "")
+        trial_dir = storage.uri_of(r.path, r.filesystem) if r.path else ""     # keeps s3://
         rows.append({"trial_id": m.get("trial_id") or _trial_id_of(trial_dir), "config": r.config or {},
                      "error": r.error is not None, "error_message": error_line(r.error) if r.error else None,
                      "error_file": f"{trial_dir.rstrip('/')}/error.txt" if r.error and trial_dir else None,
@@ -456,16 +487,16 @@ def sync_mlflow(path: str) -> dict[str, int]:
     """
     from skipnet.tracking import SearchTracker
     meta, exp = read_search_meta(path)
-    root = Path(path).resolve()                 # as Tune names checkpoints, whichever way PATH is written
+    root = storage.resolve(path)                # as Tune names checkpoints, whichever way PATH is written
     tracker = SearchTracker(meta["tracking_uri"], exp.mlflow.experiment_name)
     tracker.parent_run_id = meta["parent_run_id"]
     plan, _ = plan_sharing(exp, load_space(exp))
     tags = _tags(exp, meta["search_id"])
     counts = {"runs_created": 0, "results_logged": 0, "checkpoints_logged": 0, "runs_ended": 0}
     finished, sp_runs = True, None
-    if plan is not None and (root / SP_DIR).is_dir():           # the shared SP phase, as build_sp_tuner logs it
+    if plan is not None and storage.is_dir(storage.join(root, SP_DIR)):   # the shared SP phase, as build_sp_tuner logs it
         sp_runs = {}
-        finished = _sync_trials(tracker, root / SP_DIR, exp, dict(tags, role="sp"), plan.steps, counts,
+        finished = _sync_trials(tracker, storage.join(root, SP_DIR), exp, dict(tags, role="sp"), plan.steps, counts,
                                 sp_runs_out=sp_runs)
     try:
         finished &= _sync_trials(tracker, root, exp, dict(tags, role="hrl") if plan is not None else tags,
@@ -484,23 +515,24 @@ class _NoTuneState(Exception):
     pass
 
 
-def _sync_trials(tracker, root: Path, exp: ExperimentConfig, tags: dict[str, str], max_steps: int,
+def _sync_trials(tracker, root: str, exp: ExperimentConfig, tags: dict[str, str], max_steps: int,
                  counts: dict[str, int], *, sp_runs: dict[str, str] | None = None,
                  sp_runs_out: dict[str, str] | None = None) -> bool:
     """``sync_mlflow`` for one Tune experiment at ``root`` (the searched trials', or the SP
-    phase's with ``sp_runs_out`` collecting SP key -> run). True if every trial has ended."""
+    phase's with ``sp_runs_out`` collecting SP key -> run), a local path or a URI. True if every
+    trial has ended."""
     from ray.tune import ExperimentAnalysis
 
     from skipnet.config import flatten, load_train_config
     from skipnet.tune.mlflow_callback import _get, completion_tags, full_train_config
     try:
-        analysis = ExperimentAnalysis(str(root))
+        analysis = ExperimentAnalysis(root)
     except Exception as e:
         raise _NoTuneState(str(e)) from None
     base = exp.base_train()
     finished = True
     for trial in analysis.trials:
-        trial_dir = root / trial.storage.trial_dir_name
+        trial_dir = storage.join(root, trial.storage.trial_dir_name)
         results = _trial_results(trial_dir)
         config = full_train_config(trial.config, base)
         run_id = tracker.find_child(trial.trial_id)
@@ -528,7 +560,8 @@ def _sync_trials(tracker, root: Path, exp: ExperimentConfig, tags: dict[str, str
             continue
         checkpoint = _last_checkpoint(trial_dir)
         if trial.status == "TERMINATED" and checkpoint is not None and not tracker.has_checkpoint(run_id):
-            tracker.log_checkpoint(run_id, checkpoint)
+            with storage.local_copy(checkpoint) as directory:      # MLflow uploads a local directory
+                tracker.log_checkpoint(run_id, directory)
             counts["checkpoints_logged"] += 1
         status = "FINISHED" if trial.status == "TERMINATED" else "FAILED"
         if run.info.status == status:
@@ -536,7 +569,7 @@ def _sync_trials(tracker, root: Path, exp: ExperimentConfig, tags: dict[str, str
         if status == "FINISHED":
             end = completion_tags(results[-1] if results else {}, max_steps)
             if checkpoint is not None:
-                end["checkpoint_path"] = str(checkpoint)
+                end["checkpoint_path"] = checkpoint                 # a URI keeps its scheme
         else:
             end = {"tune_status": "error"}
         ended = _ended_at(trial_dir, results)
@@ -556,20 +589,22 @@ def _started_at(results: list[dict[str, Any]]) -> int | None:
     return _ms(float(results[0]["timestamp"]) - float(results[0].get("time_this_iter_s", 0.0)))
 
 
-def _ended_at(trial_dir: Path, results: list[dict[str, Any]]) -> int | None:
+def _ended_at(trial_dir: str, results: list[dict[str, Any]]) -> int | None:
     """When the trial ended (ms): its last result's timestamp, or for a trial that failed before
     reporting anything, when Tune wrote its error."""
     if results and "timestamp" in results[-1]:
         return _ms(results[-1]["timestamp"])
-    error = trial_dir / "error.txt"
-    return _ms(error.stat().st_mtime) if error.is_file() else None
+    return _ms(storage.mtime(storage.join(trial_dir, "error.txt")))
 
 
-def _trial_results(trial_dir: Path) -> list[dict[str, Any]]:
+def _trial_results(trial_dir: str) -> list[dict[str, Any]]:
     """The trial's reports in order, first occurrence of each step (as the callback logs them)."""
     results, seen = [], set()
-    path = trial_dir / "result.json"
-    for line in path.read_text().splitlines() if path.is_file() else []:
+    try:
+        text = storage.read_text(storage.join(trial_dir, "result.json"))
+    except FileNotFoundError:
+        text = ""                                     # no report yet
+    for line in text.splitlines():
         try:
             result = json.loads(line)
         except json.JSONDecodeError:
@@ -581,6 +616,7 @@ def _trial_results(trial_dir: Path) -> list[dict[str, Any]]:
     return results
 
 
-def _last_checkpoint(trial_dir: Path) -> Path | None:
-    checkpoints = sorted(trial_dir.glob("checkpoint_*"), key=lambda p: p.name)
-    return checkpoints[-1] if checkpoints else None
+def _last_checkpoint(trial_dir: str) -> str | None:
+    """The trial's latest checkpoint directory (path or URI), or None."""
+    checkpoints = [name for name in storage.list_dir(trial_dir) if name.startswith("checkpoint_")]
+    return storage.join(trial_dir, max(checkpoints)) if checkpoints else None

@@ -1,5 +1,6 @@
 """Searches as separate processes: a killed driver resumed with ``skipnet resume``, and a job
-submitted through the Ray Jobs API to a head started with ``ray start --head`` on 127.0.0.1."""
+submitted through the Ray Jobs API to a plain ``ray start --head`` on 127.0.0.1 (no token
+authentication: a fresh machine's default). The two-node token cluster: ``test_multinode.py``."""
 import json
 import os
 import shutil
@@ -8,13 +9,14 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import free_port
+from multinode import alive, free_port, free_port_range, processes_of, stop_processes
 from test_search import SPACE, TINY_TRAIN
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -76,107 +78,67 @@ def test_killed_driver_resumes_with_one_child_run_per_trial(tmp_path, mlflow_ser
     assert client.get_run(parent).info.status == "FINISHED"
 
 
-def _parents() -> dict[int, int]:
-    """pid -> parent pid of every process."""
-    out = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            out[int(stat.parent.name)] = int(fields[1])
-        except (OSError, IndexError, ValueError):     # gone meanwhile
-            pass
-    return out
-
-
-def processes_of(marker: str) -> set[int]:
-    """PIDs whose command line contains ``marker``, with all their descendants (Ray's agents
-    rename themselves, ``ray::DashboardAgent``, but stay children of the raylet)."""
-    pids = set()
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            if marker.encode() in (proc / "cmdline").read_bytes() and int(proc.name) != os.getpid():
-                pids.add(int(proc.name))
-        except OSError:
-            pass
-    parents = _parents()
-    while True:
-        children = {pid for pid, parent in parents.items() if parent in pids} - pids
-        if not children:
-            return pids
-        pids |= children
-
-
-def stop_processes(pids: set[int], grace_s: float = 15.0) -> None:
-    """SIGTERM, SIGKILL what is still there after ``grace_s``, then wait until all are gone."""
-    def alive():
-        return [p for p in pids if Path(f"/proc/{p}").exists() and not _zombie(p)]
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in alive():
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + grace_s
-        while alive() and time.monotonic() < deadline:
-            time.sleep(0.2)
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return True
-
-
 @pytest.fixture
 def ray_head(tmp_path):
-    """``ray start --head`` on 127.0.0.1 with token authentication (Ray 2.60's default), in its own
-    temp dir: the processes naming that dir on their command line, and their children, are the
-    ones it started, and the fixture stops exactly those, by PID (Ray's own stop command would
-    stop every Ray on the machine)."""
+    """A plain ``ray start --head`` on 127.0.0.1 on what looks like a fresh machine (a private
+    ``HOME`` holding no token, no ``RAY_AUTH_*`` set): Ray 2.60 then runs it without token
+    authentication. In its own temp dir: the processes naming that dir on their command line, and
+    their children, are the ones it started, and the fixture stops exactly those, by PID (Ray's
+    own stop command would stop every Ray on the machine)."""
     ray = str(VENV_BIN / "ray")
     port, dash = free_port(), free_port()
     temp_dir = tempfile.mkdtemp(prefix="rh-", dir="/tmp")          # short: Ray's socket paths have a limit
-    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0",
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    env.update(HOME=str(home), RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0",
                PATH=f"{VENV_BIN}:{os.environ['PATH']}")
+    env.update(AUTOSCALER_METRIC_PORT=str(free_port()), DASHBOARD_METRIC_PORT=str(free_port()))
+    workers = free_port_range(20)               # every port explicit: Ray's defaults collide with other clusters
+    ports = [f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
+             f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+             f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
+             f"--ray-client-server-port={free_port()}", f"--min-worker-port={workers}", f"--max-worker-port={workers + 19}"]
     start = subprocess.run([ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
                             "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
-                            "--include-dashboard=true", "--disable-usage-stats", f"--temp-dir={temp_dir}"],
+                            "--include-dashboard=true", "--disable-usage-stats", f"--temp-dir={temp_dir}", *ports],
                            capture_output=True, text=True, env=env, timeout=180)
     assert start.returncode == 0, start.stdout[-2000:] + start.stderr[-2000:]
-    yield {"address": f"http://127.0.0.1:{dash}", "env": env}
-    started = processes_of(temp_dir)
-    stop_processes(started)
-    assert not [p for p in started if Path(f"/proc/{p}").exists() and not _zombie(p)], "Ray processes left running"
+    assert "Token authentication is disabled" in start.stdout + start.stderr
+    yield {"address": f"http://127.0.0.1:{dash}", "gcs": f"127.0.0.1:{port}", "env": env}
+    # the Ray Client server daemonizes (its parent is init): it names the head's GCS address instead
+    started = processes_of(temp_dir) | processes_of(f"--address=127.0.0.1:{port}\0")
+    stop_processes(started, 3.0)                  # a throwaway head: nothing to save, SIGKILL after 3 s
+    assert not alive(started), "Ray processes left running"
     shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def test_job_submitted_through_jobs_api(tmp_path, mlflow_server, ray_head):
+def test_job_on_a_cluster_without_tokens(tmp_path, ray_head):
+    """``submit`` works against a plain ``ray start`` on a fresh machine (no token anywhere: the
+    Jobs SDK in token mode would refuse to run); ``--env`` passes a variable into the job's
+    environment, never printed; ``stop`` and ``status`` follow it; an unknown job id is one line,
+    exit 2. (A search run to the end through the Jobs API, stopped and resumed: test_multinode.py.)"""
     work = tmp_path / "project"
     shutil.copytree(ROOT / "skipnet", work / "skipnet", ignore=shutil.ignore_patterns("__pycache__"))
-    exp = write_experiment(work / "exp.yaml", "job-test", mlflow_server["url"], tmp_path / "searches",
-                           num_samples=2, budget={"iterations_per_step": 2, "max_steps": 2})
-    env = dict(ray_head["env"])
-    env.pop("RAY_AUTH_MODE", None)                 # the CLI turns token mode on by itself
-    submitted = skipnet("submit", "exp.yaml", "--address", ray_head["address"], cwd=work, env=env)
+    write_experiment(work / "exp.yaml", "job-test", None, tmp_path / "searches", num_samples=1)
+    env, address, secret = dict(ray_head["env"]), ray_head["address"], "s3cr3t-value-4711"
+    submitted = skipnet("submit", "exp.yaml", "--address", address, "--env", "SKIPNET_TEST_SECRET", cwd=work,
+                        env=dict(env, SKIPNET_TEST_SECRET=secret))
     assert submitted.returncode == 0, submitted.stderr[-3000:]
+    assert secret not in submitted.stdout + submitted.stderr
     job_id = submitted.stdout.strip().splitlines()[-1]
-    deadline, state = time.time() + 400, ""
-    while time.time() < deadline:
-        state = skipnet("status", job_id, "--address", ray_head["address"], env=env).stdout.strip()
-        if state in ("SUCCEEDED", "FAILED", "STOPPED"):
-            break
-        time.sleep(3)
-    logs = skipnet("logs", job_id, "--address", ray_head["address"], env=env).stdout
-    assert state == "SUCCEEDED", logs[-4000:]
-    assert "search job-test" in logs
-    client = MlflowClient(mlflow_server["url"])
-    experiment = client.get_experiment_by_name("job-test")
-    runs = client.search_runs([experiment.experiment_id], filter_string="tags.trial_id != ''")
-    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
-    assert skipnet("stop", job_id, "--address", ray_head["address"], env=env).stdout.strip() == "not running"
+    job = json.loads(urllib.request.urlopen(f"{address}/api/jobs/{job_id}", timeout=10).read())
+    assert job["runtime_env"]["env_vars"]["SKIPNET_TEST_SECRET"] == secret
+    assert job["runtime_env"]["env_vars"]["RAY_JOB_STOP_WAIT_TIME_S"] == "30"
+    stopped = skipnet("stop", job_id, "--address", address, env=env)
+    assert stopped.returncode == 0 and stopped.stdout.strip() in ("stopping", "not running"), stopped.stderr
+    deadline, state = time.time() + 120, ""
+    while time.time() < deadline and state not in ("SUCCEEDED", "FAILED", "STOPPED"):
+        time.sleep(1)
+        state = skipnet("status", job_id, "--address", address, env=env).stdout.strip()
+    assert state == "STOPPED", skipnet("logs", job_id, "--address", address, env=env).stdout[-3000:]
     for verb in ("status", "logs", "stop"):                     # an unknown job: one line, exit 2
-        unknown = skipnet(verb, "raysubmit_nosuchjob", "--address", ray_head["address"], env=env)
+        unknown = skipnet(verb, "raysubmit_nosuchjob", "--address", address, env=env)
         assert unknown.returncode == 2 and "no job raysubmit_nosuchjob" in unknown.stderr, unknown.stderr
         assert len(unknown.stderr.strip().splitlines()) == 1
 
