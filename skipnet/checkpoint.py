@@ -39,7 +39,7 @@ from skipnet.models.gates import GateKind, parse_gate_kind
 
 FORMAT = "skipnet-tune/1"
 _ACCEPTED = "expected a complete .pt file written by skipnet or one of the authors' .pth.tar files"
-TUNE_CHECKPOINT_FILE = "engine.pt"      # what a Tune trial's checkpoint directory holds (skipnet.tune.trainable)
+TUNE_CHECKPOINT_FILE = "engine.pt"      # the file in each Tune checkpoint directory (skipnet.tune.trainable writes it)
 
 
 @dataclass

@@ -95,7 +95,6 @@ def read_sp_state(uri: str) -> dict[str, Any]:
     """The end-of-SP engine state in the checkpoint at ``uri`` (a path or a storage URI)."""
     from ray import tune
 
-    from skipnet.checkpoint import read_checkpoint
-    from skipnet.tune.trainable import CHECKPOINT_FILE
+    from skipnet.checkpoint import TUNE_CHECKPOINT_FILE, read_checkpoint
     with tune.Checkpoint(uri).as_directory() as directory:
-        return read_checkpoint(f"{directory}/{CHECKPOINT_FILE}")
+        return read_checkpoint(f"{directory}/{TUNE_CHECKPOINT_FILE}")

@@ -27,12 +27,10 @@ import torch
 from ray import tune
 
 from skipnet import threads
-from skipnet.checkpoint import atomic_save, read_checkpoint
+from skipnet.checkpoint import TUNE_CHECKPOINT_FILE, atomic_save, read_checkpoint
 from skipnet.config import TrainConfig, flatten, load_train_config
 from skipnet.train.engine import Engine
 from skipnet.tune.sharing import read_sp_state, sp_key
-
-CHECKPOINT_FILE = "engine.pt"
 
 
 def objective(metrics: dict[str, Any], weight: float) -> float:
@@ -129,11 +127,11 @@ class SkipNetTrainable(tune.Trainable):
         state = self.engine.state_dict()
         state["trial_id"] = self.trial_id
         state["schedule"] = self.schedule
-        atomic_save(state, Path(checkpoint_dir) / CHECKPOINT_FILE)
+        atomic_save(state, Path(checkpoint_dir) / TUNE_CHECKPOINT_FILE)
         return checkpoint_dir
 
     def load_checkpoint(self, checkpoint: str | dict | None) -> None:
-        path = Path(checkpoint) / CHECKPOINT_FILE
+        path = Path(checkpoint) / TUNE_CHECKPOINT_FILE
         state = read_checkpoint(path)
         cfg = self.engine.cfg
         self.engine = Engine(cfg, splits=self.engine.splits, load_init=False)
