@@ -21,7 +21,7 @@ from skipnet import storage
 from skipnet.config import from_dict, to_dict
 from skipnet.errors import ConfigError, SkipNetError
 from skipnet.tune.experiment import PBT_TYPES, ExperimentConfig
-from skipnet.tune.sharing import SP_DIR, SPPlan, checkpoint_uri, plan_sharing, sp_key
+from skipnet.tune.sharing import SP_DIR, SPPlan, plan_sharing, sp_key
 from skipnet.tune.spaces import (SearchSpace, constants, to_optuna_distributions,
                                  to_pbt_mutations, to_tune_space)
 
@@ -267,7 +267,7 @@ def _shared_sp(exp: ExperimentConfig, results, tracking_uri: str, parent_run_id:
         tracker = None
     for r in results:
         key = sp_key(load_train_config(None, flatten(r.config), base=exp.base_train()))
-        checkpoints[key] = checkpoint_uri(r.checkpoint, _storage(exp))
+        checkpoints[key] = storage.uri_of(r.checkpoint.path, r.checkpoint.filesystem)   # any node reads it
         run_id = tracker.find_child(r.metrics.get("trial_id", "")) if tracker else None
         if run_id:
             runs[key] = run_id

@@ -84,13 +84,6 @@ def plan_sharing(exp: ExperimentConfig, space: SearchSpace) -> tuple[SPPlan | No
     return SPPlan(choices, steps=max(1, math.ceil(cfg.sp.iterations / ips)), hrl_steps=hrl_steps), ""
 
 
-def checkpoint_uri(checkpoint, storage: str) -> str:
-    """A Tune checkpoint's location as a path or a URI that any node can read (``s3://...``)."""
-    if "://" in storage:
-        return f"{storage.split('://', 1)[0]}://{checkpoint.path.lstrip('/')}"
-    return checkpoint.path
-
-
 def read_sp_state(uri: str) -> dict[str, Any]:
     """The end-of-SP engine state in the checkpoint at ``uri`` (a path or a storage URI)."""
     from ray import tune
