@@ -63,6 +63,11 @@ while [ $# -gt 0 ]; do
 done
 case "$JOB_TIMEOUT" in ''|*[!0-9]*) echo "docker/smoke.sh: --job-timeout must be whole seconds, got $JOB_TIMEOUT" >&2; exit 2 ;; esac
 
+if [ -n "${CONTAINERS_CONF:-}" ]; then      # podman and its helpers run in other directories
+    [ -f "$CONTAINERS_CONF" ] || { echo "docker/smoke.sh: CONTAINERS_CONF=$CONTAINERS_CONF is not a file" >&2; exit 2; }
+    CONTAINERS_CONF=$(cd "$(dirname "$CONTAINERS_CONF")" && pwd)/$(basename "$CONTAINERS_CONF")
+    export CONTAINERS_CONF
+fi
 COMPOSE_FILES=(-f "$ROOT/docker/compose.yaml" -f "$ROOT/docker/compose.cpu.yaml")
 HEAD=${PROJECT}_ray-head_1
 WORKER=${PROJECT}_ray-worker_1

@@ -567,9 +567,11 @@ def test_smoke_stops_at_a_missing_prerequisite_in_one_line(tmp_path):
 
 def test_smoke_bad_arguments_are_one_line(tmp_path):
     for args, needle in ((["--job-timeout", "soon"], "--job-timeout must be whole seconds"),
-                         (["--fast"], "unknown argument --fast")):
+                         (["--fast"], "unknown argument --fast"),
+                         (["--dry-run"], "CONTAINERS_CONF=no-such.conf is not a file")):
         proc = subprocess.run(["bash", str(SMOKE), *args], cwd=ROOT, capture_output=True, text=True, timeout=60,
-                              env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+                              env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "CONTAINERS_CONF": "no-such.conf"}
+                              if args == ["--dry-run"] else {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
         assert proc.returncode == 2 and needle in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
