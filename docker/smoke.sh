@@ -250,7 +250,7 @@ job() {
 }
 
 cli_service() {   # the README's `compose run --rm skipnet ...`: the CLI inside the stack's network
-    compose --profile cli run --rm skipnet status "$JOB_ID" --address http://ray-head:8265 \
+    compose --profile cli run --rm -T skipnet status "$JOB_ID" --address http://ray-head:8265 \
         || fail "compose run --rm skipnet status"
     [ "$DRY_RUN" = 1 ] && return
     [ "$(tail -n 1 "$LOG")" = SUCCEEDED ] || fail "the skipnet service saw the job as $(tail -n 1 "$LOG")"

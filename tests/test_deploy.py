@@ -524,7 +524,7 @@ def test_smoke_dry_run_prints_each_step_and_checks_prerequisites(tmp_path):
     commands = [line.strip()[2:] for line in out.splitlines() if line.startswith("    $ ")]
     for expected in ("debootstrap --variant=minbase", "podman build", "pip download", "up -d --no-build",
                      "smoke_check.py ready", "podman healthcheck run", "submit experiments/quickstart.yaml",
-                     "smoke_check.py job", "--profile cli run --rm skipnet status", "smoke_check.py mlflow", "psql -U mlflow", "pareto skipnet-quickstart", "smoke_check.py artifacts",
+                     "smoke_check.py job", "--profile cli run --rm -T skipnet status", "smoke_check.py mlflow", "psql -U mlflow", "pareto skipnet-quickstart", "smoke_check.py artifacts",
                      "export skipnet-quickstart --knee", "down -v"):
         assert any(expected in c for c in commands), f"the dry run does not show `{expected}`"
     # every file a command names exists
