@@ -283,7 +283,7 @@ pareto() {
 export_knee() {
     x "$SKIPNET" export "$QUICKSTART_EXPERIMENT" --knee -o "$WORK/best.yaml" --tracking-uri "http://127.0.0.1:$MLFLOW_PORT" \
         || fail "skipnet export"
-    [ "$DRY_RUN" = 1 ] || { test -s "$WORK/best.yaml" || fail "no $WORK/best.yaml"; DETAIL=$(tail -n 1 "$LOG"); }
+    [ "$DRY_RUN" = 1 ] || { test -s "$WORK/best.yaml" || fail "no $WORK/best.yaml"; DETAIL=$(grep -m 1 -- '-> ' "$LOG"); }
 }
 
 # -- 12. down -----------------------------------------------------------------------------------
