@@ -46,7 +46,7 @@ def _until(deadline: float, what: str, probe, interval: float = 3.0):
             last = str(e)
         if time.monotonic() > deadline:
             raise CheckFailed(f"{what}: not after the timeout (last: {last})")
-        time.sleep(interval)
+        time.sleep(min(interval, max(0.05, deadline - time.monotonic())))
 
 
 def ready(args) -> str:
