@@ -70,7 +70,6 @@ if [ -n "${CONTAINERS_CONF:-}" ]; then      # podman and its helpers run in othe
 fi
 COMPOSE_FILES=(-f "$ROOT/docker/compose.yaml" -f "$ROOT/docker/compose.cpu.yaml")
 HEAD=${PROJECT}_ray-head_1
-WORKER=${PROJECT}_ray-worker_1
 MLFLOW=${PROJECT}_mlflow_1
 POSTGRES=${PROJECT}_postgres_1
 if [ "$DRY_RUN" = 1 ]; then
@@ -231,16 +230,12 @@ ready() {
 
 # -- 8-9. submit, job ---------------------------------------------------------------------------
 submit() {
-    if [ "$DRY_RUN" = 1 ]; then
-        (cd "$ROOT" && x "$SKIPNET" submit "$QUICKSTART" --address "http://127.0.0.1:$DASHBOARD_PORT" \
-            --set mlflow.tracking_uri=http://mlflow:5000 --set storage_path=/home/ray/shared/searches)
-        return
-    fi
-    (cd "$ROOT" && "$SKIPNET" submit "$QUICKSTART" --address "http://127.0.0.1:$DASHBOARD_PORT" \
-        --set mlflow.tracking_uri=http://mlflow:5000 --set storage_path=/home/ray/shared/searches) >"$WORK/submit.out" 2>>"$LOG" \
+    (cd "$ROOT" && x "$SKIPNET" submit "$QUICKSTART" --address "http://127.0.0.1:$DASHBOARD_PORT" \
+        --set mlflow.tracking_uri=http://mlflow:5000 --set storage_path=/home/ray/shared/searches) \
         || fail "skipnet submit"
-    cat "$WORK/submit.out" >>"$LOG"
-    JOB_ID=$(head -n 1 "$WORK/submit.out")
+    [ "$DRY_RUN" = 1 ] && return
+    JOB_ID=$(grep -m 1 -o '^raysubmit_[A-Za-z0-9]*' "$LOG")      # the id Ray's Jobs API gave
+    [ -n "$JOB_ID" ] || fail "skipnet submit printed no job id"
     DETAIL="job $JOB_ID"
 }
 job() {

@@ -49,6 +49,13 @@ def _until(deadline: float, what: str, probe, interval: float = 3.0):
         time.sleep(min(interval, max(0.05, deadline - time.monotonic())))
 
 
+def _experiment(api: str, name: str) -> dict:
+    try:
+        return _request(f"{api}/experiments/get-by-name?experiment_name={name}")["experiment"]
+    except urllib.error.HTTPError as e:
+        raise CheckFailed(f"MLflow has no experiment {name!r} ({e.code})") from None
+
+
 def ready(args) -> str:
     """The MLflow server answers /health, and the Ray Jobs API answers with the token."""
     deadline = time.monotonic() + args.timeout
@@ -88,10 +95,7 @@ def job(args) -> str:
 def mlflow(args) -> str:
     """The search's parent run and each trial run exist, FINISHED, with metrics at every step."""
     api = f"{args.mlflow}/api/2.0/mlflow"
-    try:
-        experiment = _request(f"{api}/experiments/get-by-name?experiment_name={args.experiment}")["experiment"]
-    except urllib.error.HTTPError as e:
-        raise CheckFailed(f"MLflow has no experiment {args.experiment!r} ({e.code})") from None
+    experiment = _experiment(api, args.experiment)
     runs, token = [], None
     while True:
         body = {"experiment_ids": [experiment["experiment_id"]], "max_results": 1000}
@@ -138,7 +142,7 @@ def artifacts(args) -> str:
     """The search's parent run lists the files ``skipnet pareto`` logged under pareto/: they
     went through the MLflow server's artifact proxy into its artifact store."""
     api = f"{args.mlflow}/api/2.0/mlflow"
-    experiment = _request(f"{api}/experiments/get-by-name?experiment_name={args.experiment}")["experiment"]
+    experiment = _experiment(api, args.experiment)
     page = _request(f"{api}/runs/search", {"experiment_ids": [experiment["experiment_id"]],
                                            "filter": "tags.`skipnet.kind` = 'search'"})
     runs = page.get("runs", [])

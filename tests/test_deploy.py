@@ -15,6 +15,7 @@ import importlib.util
 import json
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -500,7 +501,6 @@ def test_compose_cpu_override_drops_the_gpu_reservation_only():
 
 
 def _which(name: str) -> bool:
-    import shutil
     return shutil.which(name) is not None
 
 
