@@ -279,9 +279,31 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, *, strict: bool =
     else:
         keys = ", ".join(sorted(map(str, ckpt))[:6])
         raise CheckpointError(f"checkpoint {path}: no 'model' or 'state_dict' entry (keys: {keys}); {_ACCEPTED}")
+    state = with_identity_embedding_norm(state, model)
     _check_compatible(model, state, f"{path} (architecture {info.arch!r})", strict)
     model.load_state_dict(state, strict=strict)
     return info
+
+
+_EMBED_NORM = re.compile(r"(group\d+_gate\d+)\.2\.(weight|bias|running_mean|running_var|num_batches_tracked)$")
+
+
+def with_identity_embedding_norm(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """``state`` plus an exact identity for each recurrent-gate embedding norm ``model`` has and
+    ``state`` lacks (the authors' files, or ours trained with ``model.gate_norm: false``).
+
+    The identity is weight 1, bias 0, running mean 0 and running variance ``1 - eps``, so that
+    ``sqrt(var + eps)`` is exactly 1 and the model computes bit for bit what the checkpoint's did."""
+    out = dict(state)
+    for key, value in model.state_dict().items():
+        match = _EMBED_NORM.search(key)
+        if key in out or not match or f"{match.group(1)}.1.weight" not in out:
+            continue
+        norm = model.get_submodule(key.rsplit(".", 1)[0])
+        fill = {"weight": 1.0, "bias": 0.0, "running_mean": 0.0, "running_var": 1.0 - norm.eps,
+                "num_batches_tracked": 0}[match.group(2)]
+        out[key] = torch.full_like(value, fill)
+    return out
 
 
 def _check_compatible(model: nn.Module, state: dict[str, torch.Tensor], path, strict: bool) -> None:

@@ -23,11 +23,17 @@ Stage = Literal["base", "sp", "hrl", "pipeline"]
 Recipe = Literal["stable", "authors"]
 
 # ``recipe: authors`` restores the authors' exact training where a file leaves these keys unset:
-# hard gates from the first SP iteration and no REINFORCE baseline. The default recipe
-# ("stable") runs every block for the first third of SP, so blocks learn before gates may skip
-# them (without it SP collapses into skipping nearly every block), and subtracts the batch-mean
-# return per gate in HRL (without it the policy jumps from keeping to skipping everything).
-AUTHORS_RECIPE = {"sp.gate_warmup": 0, "hrl.baseline": "none"}
+# their recurrent gate, hard gates from the first SP iteration, no REINFORCE baseline, no entropy
+# term and one learning rate for blocks and gates. The default recipe ("stable") is what makes
+# gates route (README "Training recipes" has the measurements): the recurrent gate's embedding
+# is batch-normalized (else its probability is nearly the same for every image); SP runs every
+# block for its first third (else SP collapses into skipping);
+# HRL compares each image's return with its greedy path's (else an image's difficulty, not its
+# actions, drives the policy and input dependence is erased), trains the gates at 10x the
+# blocks' learning rate and rewards their entropy a little (else they saturate on a static
+# subnetwork before they learn whom to route).
+AUTHORS_RECIPE = {"model.gate_norm": False, "sp.gate_warmup": 0, "hrl.baseline": "none", "hrl.entropy_weight": 0.0,
+                  "hrl.gate_lr_scale": 1.0}
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,8 @@ class ModelConfig:
     arch: str = "cifar10_rnn_gate_38"
     gate: str | None = None          # feedforward_conv | feedforward_fc | recurrent (aliases accepted)
     mode: Literal["hard", "soft"] = "hard"   # SP gate mode; HRL always uses policy
+    gate_norm: bool = True           # batch-normalize the recurrent gate's embedding (skipnet.models.gates); authors: false
+    gate_threshold: float = 0.5      # evaluation/inference: a block runs when its gate's prob > this (training ignores it)
 
 
 @dataclass(frozen=True)
@@ -67,6 +75,7 @@ class SPConfig:
     # Blocks learn before gates may skip them; otherwise the gates learn to skip untrained blocks,
     # which then get no gradient, and SP collapses into skipping nearly every block.
     gate_warmup: int | None = None   # first iterations run every block; None = a third of iterations, 0 = off
+    gate_lr_scale: float = 1.0       # the gates' learning rate is lr * gate_lr_scale
 
     @property
     def warmup_iterations(self) -> int:
@@ -90,7 +99,9 @@ class HRLConfig:
     gamma: float = 1.0
     temperature: float = 1.0
     skip_compute: bool = False       # run each block only on the samples that execute it
-    baseline: Literal["none", "batch_mean"] = "batch_mean"   # subtract the batch-mean return per gate; none = the authors
+    baseline: Literal["none", "batch_mean", "greedy"] = "greedy"   # what returns are compared with (skipnet.train.steps.advantages); none = the authors
+    entropy_weight: float = 0.001    # reward for the gates' entropy (keeps the policy from saturating early); authors: 0
+    gate_lr_scale: float = 10.0      # the gates' learning rate is lr * gate_lr_scale; authors: 1
     init_checkpoint: str | None = None   # SP checkpoint (ours or the authors') for stage hrl
 
 
@@ -98,6 +109,10 @@ class HRLConfig:
 class EvalConfig:
     batch_size: int = 256
     max_batches: int | None = None   # cap evaluation batches (quick searches); None = whole split
+    # the final evaluation also measures val at each gate threshold: each trained model is a curve
+    # of candidate front points; [] = off. Three thresholds besides 0.5: 5-8 % of a quickstart
+    # trial's time (README "Fronts and export"; six cost 8-16 %)
+    gate_thresholds: tuple[float, ...] = (0.2, 0.35, 0.5, 0.7)
 
 
 @dataclass(frozen=True)
@@ -124,6 +139,7 @@ class TrainConfig:
         for section, c in (("sp", self.sp), ("hrl", self.hrl)):
             _positive(f"{section}.batch_size", c.batch_size)
             _positive(f"{section}.eval_every", c.eval_every)
+            _positive(f"{section}.gate_lr_scale", c.gate_lr_scale)
             if (getattr(c, "gate_warmup", 0) or 0) < 0:
                 raise ConfigError(f"{section}.gate_warmup", c.gate_warmup, "an integer >= 0 or null (a third of iterations)")
             if c.iterations < 0:
@@ -141,7 +157,12 @@ class TrainConfig:
         if not 0 <= self.hrl.gamma <= 1:
             raise ConfigError("hrl.gamma", self.hrl.gamma, "a number in [0, 1]")
         _positive("hrl.temperature", self.hrl.temperature)
+        if self.hrl.entropy_weight < 0:
+            raise ConfigError("hrl.entropy_weight", self.hrl.entropy_weight, "a number >= 0")
         _positive("eval.batch_size", self.eval.batch_size)
+        _threshold("model.gate_threshold", self.model.gate_threshold)
+        for i, t in enumerate(self.eval.gate_thresholds):
+            _threshold(f"eval.gate_thresholds[{i}]", t)
         if self.data.val_size is not None and self.data.val_size < 1:
             raise ConfigError("data.val_size", self.data.val_size, "a positive integer (validation selects models)")
         if self.threads is not None and self.threads < 1:
@@ -156,6 +177,13 @@ class TrainConfig:
 def _positive(key: str, value: float) -> None:
     if not value > 0:
         raise ConfigError(key, value, "a number > 0")
+
+
+def _threshold(key: str, value: float) -> None:
+    """A gate threshold: a probability strictly inside (0, 1) (0 would execute every block, 1 none)."""
+    if not 0 < value < 1:
+        raise ConfigError(key, value, "a number strictly between 0 and 1 (the gate probability above which "
+                                      "a block executes)")
 
 
 def _check_model(model: ModelConfig) -> None:

@@ -36,15 +36,24 @@ def run_selected(block: nn.Module, x: Tensor, shortcut: Tensor, decision: Tensor
 
 
 @torch.no_grad()
-def execute(model: nn.Module, images: Tensor, decisions: Tensor | None = None):
+def execute(model: nn.Module, images: Tensor, decisions: Tensor | None = None, *,
+            threshold: float | None = None):
     """Inference with real skipping: ``(logits, GateRecord)`` of ``model`` in eval mode.
 
     ``decisions`` (B, G) optionally forces the gate decisions (benchmarks use it to hold the
-    computation at a chosen level).
+    computation at a chosen level). ``threshold`` overrides the model's ``gate_threshold`` (a
+    block executes when its gate's probability exceeds it) for this call only.
     """
-    was_training = model.training
+    was_training, saved = model.training, getattr(model, "gate_threshold", 0.5)
+    if threshold is not None:
+        if not 0 < threshold < 1:
+            from skipnet.errors import ConfigError
+            raise ConfigError("threshold", threshold, "a number strictly between 0 and 1")
+        model.gate_threshold = float(threshold)
     model.eval()
     try:
         return model(images, skip_compute=True, decisions=decisions)
     finally:
         model.train(was_training)
+        if threshold is not None:
+            model.gate_threshold = saved

@@ -74,9 +74,14 @@ Block = BasicBlock | Bottleneck
 def init_weights(model: nn.Module) -> None:
     """The one initialisation of the family: He-normal convs (fan-out), BN at (1, 0).
 
-    Same scheme as the SkipNet authors and torchvision; Linear and LSTM layers keep
-    PyTorch's defaults.
+    Same scheme as the SkipNet authors and torchvision; the recurrent gate's output layer
+    (``control.proj``) gets the authors' Linear init, N(0, 2 / (in * out)), 2.5 times the spread
+    of PyTorch's default, so its probability depends on its input from the start; other Linear
+    and LSTM layers keep PyTorch's defaults.
     """
+    proj = getattr(getattr(model, "control", None), "proj", None)
+    if isinstance(proj, nn.Linear):
+        nn.init.normal_(proj.weight, 0.0, (2.0 / proj.weight.numel()) ** 0.5)
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

@@ -3,11 +3,14 @@
 Every gate reduces a block's output to one *execute logit* per sample; ``decide`` turns the
 logits into the mask the network applies, according to the gate mode:
 
-* ``soft``   (SP, soft variant): the mask is the probability in training, ``prob > 0.5`` in eval;
+* ``soft``   (SP, soft variant): the mask is the probability in training, ``prob > t`` in eval;
 * ``hard``   (SP): the mask is ``prob > 0.5`` in the forward pass with the gradient of ``prob``
   (straight-through estimator);
 * ``policy`` (HRL): the mask is a Bernoulli(prob) sample in training (no gradient; REINFORCE
-  uses the exposed log-probability), ``prob > 0.5`` in eval.
+  uses the exposed log-probability), ``prob > t`` in eval.
+
+In eval ``t`` is the model's ``gate_threshold`` (``model.gate_threshold``, default 0.5): one
+trained model gives a whole accuracy/computation curve, lower thresholds executing more.
 
 Gate kinds (parameter names follow the authors' modules so their checkpoints load):
 
@@ -80,11 +83,15 @@ def parse_gate_mode(value: str | GateMode) -> GateMode:
 
 @dataclass(frozen=True)
 class GateSpec:
-    """Which gate a SkipNet uses, and its sizes (the authors use 10 for both)."""
+    """Which gate a SkipNet uses, and its sizes (the authors use 10 for both).
+
+    ``embed_norm`` batch-normalizes the recurrent gate's per-block embedding (``model.gate_norm``;
+    see ``RecurrentGateEmbedding``); the authors' gate has none (``recipe: authors``)."""
 
     kind: GateKind = GateKind.RECURRENT
     embed_dim: int = 10
     hidden_dim: int = 10
+    embed_norm: bool = True
 
 
 @dataclass
@@ -147,15 +154,23 @@ class FeedforwardFCGate(nn.Module):
 class RecurrentGateEmbedding(nn.Sequential):
     """Per-block input of the recurrent gate: (B, C, H, W) -> (B, embed_dim).
 
-    A Sequential so the parameter names are the authors' (``group{g}_gate{i}.1.weight``).
+    A Sequential so the parameter names are the authors' (``group{g}_gate{i}.1.weight``). With
+    ``norm`` a ``BatchNorm1d`` (``group{g}_gate{i}.2``) standardizes the embedding over images.
+    Why: channel means differ far less between images than their common level, so without it
+    the LSTM sees nearly the same input for every image, its execute probability is almost a
+    constant (measured: a spread of 0.01 over images after SP), and HRL can only move that
+    constant, all blocks at once. The feedforward gates normalize their features the same way.
+    A checkpoint without the norm (the authors') loads with it set to exactly the identity.
     """
 
-    def __init__(self, channels: int, embed_dim: int) -> None:
-        super().__init__(nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels, embed_dim, kernel_size=1))
+    def __init__(self, channels: int, embed_dim: int, norm: bool = True) -> None:
+        layers = [nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels, embed_dim, kernel_size=1)]
+        super().__init__(*layers, *([nn.BatchNorm1d(embed_dim)] if norm else []))
 
     def forward(self, x: Tensor) -> Tensor:
         conv = self[1]       # pooled 1x1 conv == linear layer on the channel means (cheaper)
-        return F.linear(x.mean((2, 3)), conv.weight.flatten(1), conv.bias)
+        embedding = F.linear(x.mean((2, 3)), conv.weight.flatten(1), conv.bias)
+        return self[2](embedding) if len(self) > 2 else embedding
 
 
 class RecurrentGate(nn.Module):
@@ -189,19 +204,21 @@ def make_gate(spec: GateSpec, channels: int) -> nn.Module:
         return FeedforwardConvGate(channels)
     if spec.kind is GateKind.FEEDFORWARD_FC:
         return FeedforwardFCGate(channels)
-    return RecurrentGateEmbedding(channels, spec.embed_dim)
+    return RecurrentGateEmbedding(channels, spec.embed_dim, spec.embed_norm)
 
 
 def decide(logit: Tensor, mode: GateMode, training: bool, temperature: float = 1.0,
-           forced: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+           forced: Tensor | None = None, threshold: float = 0.5) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """Mask, decision, probability and (policy mode) log-probability from execute logits (B,).
 
-    ``forced`` (B,) of 0/1 replaces the gate's decision (benchmarks, tests); the gate is still
-    evaluated so its cost and probability are real.
+    ``forced`` (B,) of 0/1 replaces the gate's decision (SP's gate warm-up, benchmarks, tests); the
+    gate is still evaluated so its cost and probability are real (it gets no gradient). ``threshold``: a block executes in eval when
+    ``prob > threshold`` (``model.gate_threshold``; lower executes more). Training decisions
+    ignore it: SP's hard forward stays ``prob > 0.5`` and HRL samples.
     """
     logit = logit / temperature if temperature != 1.0 else logit
     prob = torch.sigmoid(logit)
-    hard = (prob > 0.5).to(prob.dtype)
+    hard = (prob > (0.5 if training else threshold)).to(prob.dtype)
     log_prob = None
     if forced is not None:
         decision = forced.to(prob.dtype)

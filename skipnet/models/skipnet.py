@@ -87,9 +87,10 @@ class SkipResNet(nn.Module):
         self.block_type, self.layers, self.widths = block, tuple(layers), tuple(widths)
         self.stem_type, self.num_classes = stem, num_classes
         self.gate_spec = gate if gate is None else GateSpec(parse_gate_kind(gate.kind), gate.embed_dim,
-                                                           gate.hidden_dim)
+                                                           gate.hidden_dim, gate.embed_norm)
         self.mode = parse_gate_mode(mode)
         self.temperature = temperature
+        self.gate_threshold = 0.5        # eval decisions: execute when prob > gate_threshold (model.gate_threshold)
 
         stem_width = widths[0] if stem == "cifar" else 64
         if stem == "cifar":
@@ -141,10 +142,12 @@ class SkipResNet(nn.Module):
         Args:
             x: images (B, 3, H, W).
             skip_compute: run each gated block only on the samples that execute it (exact in
-                eval; in training only with ``policy`` mode, whose actions carry no gradient).
+                eval; in training only with ``policy`` mode, whose actions carry no gradient, or
+                without gradients).
             decisions: optional (B, G) 0/1 tensor that overrides the gates' decisions.
         """
-        if skip_compute and self.training and self.mode is not GateMode.POLICY and decisions is None:
+        if (skip_compute and self.training and self.mode is not GateMode.POLICY and decisions is None
+                and torch.is_grad_enabled()):
             raise ConfigError("train.skip_compute", True,
                               "false unless the gate mode is policy (SP gradients need every block)")
         x = self.relu(self.bn1(self.conv1(x)))
@@ -170,7 +173,7 @@ class SkipResNet(nn.Module):
                     gate_out, state = self.control(gate_out, state)
                 forced = None if decisions is None else decisions[:, j]
                 mask, decision, prob, log_prob = decide(gate_out, self.mode, self.training,
-                                                        self.temperature, forced)
+                                                        self.temperature, forced, self.gate_threshold)
                 decisions_out.append(decision)
                 probs.append(prob)
                 if log_prob is not None:

@@ -26,34 +26,35 @@ IMAGENET_DEPTHS = {18: (BasicBlock, (2, 2, 2, 2)), 34: (BasicBlock, (3, 4, 6, 3)
                    101: (Bottleneck, (3, 4, 23, 3)), 152: (Bottleneck, (3, 8, 36, 3))}
 
 
-def _gate_spec(gate: str | GateKind | GateSpec | None, embed_dim: int, hidden_dim: int) -> GateSpec | None:
+def _gate_spec(gate: str | GateKind | GateSpec | None, embed_dim: int, hidden_dim: int,
+               gate_norm: bool) -> GateSpec | None:
     if gate is None or gate == "none":
         return None
     if isinstance(gate, GateSpec):
         return gate
-    return GateSpec(parse_gate_kind(gate), embed_dim, hidden_dim)
+    return GateSpec(parse_gate_kind(gate), embed_dim, hidden_dim, gate_norm)
 
 
 def cifar_skipnet(depth: int, *, num_classes: int = 10, gate: str | GateSpec | None = None,
                   mode: GateMode | str = GateMode.HARD, embed_dim: int = 10, hidden_dim: int = 10,
-                  temperature: float = 1.0) -> SkipResNet:
+                  temperature: float = 1.0, gate_norm: bool = True) -> SkipResNet:
     """CIFAR ResNet of ``depth`` in {20, 38, 74, 110, 152} (basic blocks, 16/32/64 channels)."""
     if depth not in CIFAR_DEPTHS:
         raise ConfigError("model.depth", depth, f"one of {sorted(CIFAR_DEPTHS)} for CIFAR ResNets")
     n = CIFAR_DEPTHS[depth]
     return SkipResNet(BasicBlock, (n, n, n), num_classes=num_classes, stem="cifar", widths=(16, 32, 64),
-                      gate=_gate_spec(gate, embed_dim, hidden_dim), mode=mode, temperature=temperature)
+                      gate=_gate_spec(gate, embed_dim, hidden_dim, gate_norm), mode=mode, temperature=temperature)
 
 
 def imagenet_skipnet(depth: int, *, num_classes: int = 1000, gate: str | GateSpec | None = None,
                      mode: GateMode | str = GateMode.HARD, embed_dim: int = 10, hidden_dim: int = 10,
-                     temperature: float = 1.0) -> SkipResNet:
+                     temperature: float = 1.0, gate_norm: bool = True) -> SkipResNet:
     """ImageNet ResNet of ``depth`` in {18, 34, 50, 74, 101, 152} (64..512 widths)."""
     if depth not in IMAGENET_DEPTHS:
         raise ConfigError("model.depth", depth, f"one of {sorted(IMAGENET_DEPTHS)} for ImageNet ResNets")
     block, layers = IMAGENET_DEPTHS[depth]
     return SkipResNet(block, layers, num_classes=num_classes, stem="imagenet", widths=(64, 128, 256, 512),
-                      gate=_gate_spec(gate, embed_dim, hidden_dim), mode=mode, temperature=temperature)
+                      gate=_gate_spec(gate, embed_dim, hidden_dim, gate_norm), mode=mode, temperature=temperature)
 
 
 def _register(name: str, builder, **defaults) -> None:

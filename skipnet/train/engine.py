@@ -23,7 +23,7 @@ from skipnet.data import DataSplits, build_splits, train_batches
 from skipnet.errors import CheckpointError, ConfigError
 from skipnet.flops import block_costs
 from skipnet.models import GateMode, create_model
-from skipnet.train.evaluate import evaluate
+from skipnet.train.evaluate import at_threshold, evaluate, threshold_curve
 from skipnet.train.steps import StepMetrics, hrl_step, supervised_step
 
 
@@ -33,6 +33,19 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def parameter_groups(model: torch.nn.Module, lr: float, gate_lr_scale: float) -> list[dict[str, Any]]:
+    """The blocks' parameters at ``lr`` and the gates' (per-block gates and the shared recurrent
+    ``control``) at ``lr * gate_lr_scale``: the gates are small heads that must follow what the
+    blocks learn, and their updates come from a different loss (REINFORCE in HRL)."""
+    gates, blocks = [], []
+    for name, p in model.named_parameters():
+        (gates if "_gate" in name or name.startswith("control.") else blocks).append(p)
+    groups = [{"params": blocks, "lr": lr, "lr_scale": 1.0}]
+    if gates:
+        groups.append({"params": gates, "lr": lr * gate_lr_scale, "lr_scale": gate_lr_scale})
+    return groups
 
 
 class Engine:
@@ -57,7 +70,8 @@ class Engine:
     # -- construction -------------------------------------------------------------------------
     def _build_model(self) -> torch.nn.Module:
         cfg = self.cfg
-        model = create_model(cfg.model.arch, gate=cfg.model.gate, num_classes=self.splits.num_classes)
+        model = create_model(cfg.model.arch, gate=cfg.model.gate, num_classes=self.splits.num_classes,
+                             gate_norm=cfg.model.gate_norm)
         gated = model.gate_spec is not None
         if self.stages == ["base"] and gated:
             raise ConfigError("model.arch", cfg.model.arch, "a plain ResNet (e.g. cifar10_resnet_110) for stage base")
@@ -98,8 +112,8 @@ class Engine:
                     raise CheckpointError(f"hrl.init_checkpoint: {e}") from None
         elif self.model.gate_spec is not None:
             self.model.mode = GateMode(cfg.model.mode)
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=sc.lr, momentum=sc.momentum,
-                                         weight_decay=sc.weight_decay)
+        self.optimizer = torch.optim.SGD(parameter_groups(self.model, sc.lr, sc.gate_lr_scale), lr=sc.lr,
+                                         momentum=sc.momentum, weight_decay=sc.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, list(sc.lr_milestones), sc.lr_decay)
         fp16 = self.on_cuda and cfg.amp and not torch.cuda.is_bf16_supported()
         self.scaler = torch.amp.GradScaler("cuda") if fp16 else None
@@ -142,7 +156,8 @@ class Engine:
         if self.stage == "hrl":
             h = self.cfg.hrl
             metrics = hrl_step(self.model, images, labels, self.optimizer, alpha=h.alpha, rl_weight=h.rl_weight,
-                               gamma=h.gamma, skip_compute=h.skip_compute, baseline=h.baseline, amp=amp,
+                               gamma=h.gamma, skip_compute=h.skip_compute, baseline=h.baseline,
+                               entropy_weight=h.entropy_weight, amp=amp,
                                scaler=self.scaler)
         else:
             metrics = supervised_step(self.model, images, labels, self.optimizer, amp=amp, scaler=self.scaler,
@@ -182,19 +197,31 @@ class Engine:
             self.cfg = dataclasses.replace(self.cfg, **{section: dataclasses.replace(self.stage_cfg, lr=lr)})
             sc = self.stage_cfg
             decay = sc.lr_decay ** sum(m <= self.iteration for m in sc.lr_milestones)
-            self.scheduler.base_lrs = [lr for _ in self.scheduler.base_lrs]
             for group in self.optimizer.param_groups:
-                group["lr"], group["initial_lr"] = lr * decay, lr
+                group["lr"], group["initial_lr"] = lr * group["lr_scale"] * decay, lr * group["lr_scale"]
+            self.scheduler.base_lrs = [group["initial_lr"] for group in self.optimizer.param_groups]
 
     # -- evaluation ---------------------------------------------------------------------------
     def evaluate(self, split: str = "val", *, per_sample: bool = False) -> dict[str, Any]:
         """Metrics of ``split`` (``val`` selects models; ``test`` is only reported); leaves the
         training RNGs as they were (see ``skipnet.train.evaluate``)."""
         dataset = {"val": self.splits.val, "test": self.splits.test}[split]
-        return evaluate(self.model, dataset, self.costs, split=split, batch_size=self.cfg.eval.batch_size,
-                        device=self.device, amp=self.cfg.amp, channels_last=self.cfg.channels_last,
-                        max_batches=self.cfg.eval.max_batches, top5=self.splits.name == "imagenet",
-                        num_workers=self.cfg.data.num_workers, per_sample=per_sample)
+        with at_threshold(self.model, self.cfg.model.gate_threshold):     # evaluation decisions only
+            return evaluate(self.model, dataset, self.costs, split=split, per_sample=per_sample,
+                            **self._eval_settings())
+
+    def threshold_curve(self, own: dict[str, Any] | None = None) -> dict[str, float]:
+        """Validation metrics at each gate threshold of ``eval.gate_thresholds`` (gated models;
+        ``threshold_curve/<t>/val_<metric>``, see ``skipnet.train.evaluate.threshold_curve``);
+        ``own``: this model's validation metrics at its own threshold, reused."""
+        with at_threshold(self.model, self.cfg.model.gate_threshold):
+            return threshold_curve(self.model, self.splits.val, self.costs, self.cfg.eval.gate_thresholds, own=own,
+                                   **self._eval_settings())
+
+    def _eval_settings(self) -> dict[str, Any]:
+        return dict(batch_size=self.cfg.eval.batch_size, device=self.device, amp=self.cfg.amp,
+                    channels_last=self.cfg.channels_last, max_batches=self.cfg.eval.max_batches,
+                    top5=self.splits.name == "imagenet", num_workers=self.cfg.data.num_workers)
 
     # -- checkpoints --------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

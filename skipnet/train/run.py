@@ -3,7 +3,8 @@ last and the best (validation top-1) checkpoints, log metrics, report test metri
 
 Layout of ``output_dir``: ``config.yaml`` (the effective config), ``last.pt`` (full training
 state, resumable), ``best.pt`` (best on validation), ``metrics.jsonl`` (one line per
-evaluation), ``final.json`` (validation and test metrics of the best checkpoint).
+evaluation), ``final.json`` (validation and test metrics of the best checkpoint, and its
+validation metrics at each gate threshold of ``eval.gate_thresholds``: ``threshold_curve/...``).
 """
 from __future__ import annotations
 
@@ -46,7 +47,8 @@ def fit(cfg: TrainConfig, *, resume: bool = False, on_step: Callable | None = No
             on_eval(metrics)
     if best.exists():
         engine = Engine.restore(best, cfg, splits=engine.splits)
-    final = {**engine.evaluate("val"), **engine.evaluate("test"), "checkpoint": str(best),
+    val = engine.evaluate("val")
+    final = {**val, **engine.evaluate("test"), **engine.threshold_curve(own=val), "checkpoint": str(best),
              "iteration": engine.global_iteration}
     write_text_atomic(out / "final.json", json.dumps(final, indent=2))
     return final

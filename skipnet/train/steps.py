@@ -5,7 +5,9 @@
 * ``hrl_step``: cross-entropy plus REINFORCE on the sampled gate actions. Reward per gate:
   ``alpha / num_gates`` for each skipped block; final reward: the negative per-sample
   prediction loss; returns accumulate backwards with discount ``gamma``. As in the authors'
-  ``action.reinforce(rl_weight * R)``, the policy term is summed over samples and gates.
+  ``action.reinforce(rl_weight * R)``, the policy term is summed over samples and gates. The
+  default recipe compares each return with the same image's greedy-path return (``greedy``
+  baseline) and adds a small entropy bonus; the authors use the raw returns.
 """
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from skipnet.models.gates import GateMode
 
 
 @dataclass
@@ -77,19 +81,71 @@ def supervised_step(model: nn.Module, images: Tensor, labels: Tensor, optimizer:
 
 def hrl_step(model: nn.Module, images: Tensor, labels: Tensor, optimizer: torch.optim.Optimizer, *,
              alpha: float, rl_weight: float, gamma: float, skip_compute: bool = False, baseline: str = "none",
-             amp: bool = False, scaler: torch.amp.GradScaler | None = None) -> StepMetrics:
-    """``baseline="batch_mean"`` subtracts each gate's mean return over the batch (an unbiased
-    variance reduction the authors did not use; ``"none"`` is their estimator)."""
+             entropy_weight: float = 0.0, amp: bool = False,
+             scaler: torch.amp.GradScaler | None = None) -> StepMetrics:
+    """``baseline`` is what each return is compared with (see ``advantages``). ``entropy_weight``
+    rewards the gates' entropy (summed over samples and gates, like the policy term), so the
+    policy does not saturate on a static subnetwork before it has learned whom to route."""
     with autocast(images.device, amp):
+        reference = greedy_returns(model, images, labels, alpha, gamma) if baseline == "greedy" else None
         logits, record = model(images, skip_compute=skip_compute)
         prediction_loss = F.cross_entropy(logits.float(), labels, reduction="none")     # (B,)
         returns = gate_returns(record.decision, prediction_loss.detach(), alpha, gamma)
-        advantages = returns - returns.mean(0, keepdim=True) if baseline == "batch_mean" else returns
-        policy_loss = reinforce_loss(record.log_prob.float(), advantages, rl_weight)
+        policy_loss = reinforce_loss(record.log_prob.float(), advantages(returns, baseline, reference), rl_weight)
+        if entropy_weight:
+            policy_loss = policy_loss - entropy_weight * bernoulli_entropy(record.prob.float()).sum()
         loss = prediction_loss.mean() + policy_loss
     _update(loss, optimizer, scaler)
     return StepMetrics(loss.item(), prediction_loss.mean().item(), _accuracy(logits, labels),
                        _executed(record.decision), returns[:, 0].mean().item())
+
+
+def advantages(returns: Tensor, baseline: str, reference: Tensor | None = None) -> Tensor:
+    """What REINFORCE multiplies the log-probabilities by, per sample and gate.
+
+    * ``none``: the return itself (the authors' estimator);
+    * ``batch_mean``: minus each gate's mean return over the batch;
+    * ``greedy``: minus the return of the same image on the greedy path (``reference``, the
+      self-critical baseline): a per-image baseline, so an image's difficulty cancels and only
+      what its sampled actions changed remains.
+    """
+    if baseline == "batch_mean":
+        return returns - returns.mean(0, keepdim=True)
+    if baseline == "greedy":
+        return returns - reference
+    return returns
+
+
+@torch.no_grad()
+def greedy_returns(model: nn.Module, images: Tensor, labels: Tensor, alpha: float, gamma: float) -> Tensor:
+    """Returns (B, G) of the greedy policy (every gate ``prob > 0.5``) on ``images``.
+
+    Runs as the training forward does (batch-norm on this batch's statistics: running
+    statistics can be far from them early in HRL, and a baseline from another network would
+    swamp the advantages), but leaves every running statistic as it was, takes no gradient and
+    draws no random numbers; real skipping keeps it cheaper than the training forward."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in norms]
+    mode = model.mode
+    try:
+        for m in norms:
+            m.momentum = 0.0                  # running = 1 * running + 0 * batch: unchanged
+        model.mode = GateMode.HARD            # in training: prob > 0.5, no sampling
+        logits, record = model(images, skip_compute=True)
+    finally:
+        model.mode = mode
+        for m, (momentum, tracked) in zip(norms, saved):
+            m.momentum = momentum
+            if tracked is not None:
+                m.num_batches_tracked.copy_(tracked)
+    loss = F.cross_entropy(logits.float(), labels, reduction="none")
+    return gate_returns(record.decision, loss, alpha, gamma)
+
+
+def bernoulli_entropy(prob: Tensor) -> Tensor:
+    """Entropy of Bernoulli(prob), elementwise, in nats."""
+    p = prob.clamp(1e-6, 1 - 1e-6)
+    return -(p * p.log() + (1 - p) * (1 - p).log())
 
 
 def _accuracy(logits: Tensor, labels: Tensor) -> float:

@@ -91,11 +91,14 @@ def randomize(model):
     ("cifar100_feedforward_rl_110", (18, 18, 18), "ffgate2", False),
     ("imagenet_rnn_gate_rl_50", (3, 4, 6, 3), "rnn", True),
 ])
-def test_authors_layout_reproduces_outputs(tmp_path, name, layers, gate, imagenet):
-    source = randomize(skipnet.create_model(name))
+@pytest.mark.parametrize("gate_norm", [False, True])
+def test_authors_layout_reproduces_outputs(tmp_path, name, layers, gate, imagenet, gate_norm):
+    """Their file into their architecture, and into ours, whose recurrent embedding norm it
+    lacks (then loaded as an exact identity): the same outputs bit for bit."""
+    source = randomize(skipnet.create_model(name, gate_norm=False))       # the authors' gates
     path = tmp_path / "resnet-rnn-cifar10.pth.tar"
     authors_file(source, path, authors_keys(layers, gate, imagenet=imagenet), imagenet=imagenet)
-    target = skipnet.create_model(name)
+    target = skipnet.create_model(name, gate_norm=gate_norm)
     info = skipnet.load_checkpoint(target, path)
     assert info.source == "authors" and info.metrics["best_prec1"] == 93.3
     x = torch.randn(2, 3, 64 if imagenet else 32, 64 if imagenet else 32)

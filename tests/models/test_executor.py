@@ -10,7 +10,7 @@ def _spread_gates(model):
     """Random gate weights large enough that decisions mix (fresh gates all say skip or run)."""
     torch.manual_seed(11)
     for name, p in model.named_parameters():
-        if "gate" in name or "control" in name:
+        if ("gate" in name or "control" in name) and ".2." not in name:   # the embedding norm stays (1, 0)
             p.data.normal_(0, 0.5)
     return model
 

@@ -5,6 +5,7 @@ import torch
 from skipnet.config import load_train_config
 from skipnet.errors import ConfigError
 from skipnet.train import Engine, gate_returns, reinforce_loss
+from skipnet.train.steps import advantages, bernoulli_entropy, greedy_returns
 
 SMALL = {"data.synthetic_size": 1200, "data.synthetic_test_size": 200, "data.val_size": 200,
          "sp.batch_size": 16, "hrl.batch_size": 16, "eval.batch_size": 100, "model.arch": "cifar10_rnn_gate_38"}
@@ -144,10 +145,60 @@ def test_first_hrl_chunk_of_a_pipeline_uses_hrl_eval_every(tmp_path):
 
 def test_default_recipe_warms_up_and_authors_recipe_restores_their_settings():
     default = load_train_config(None, {"sp.iterations": 400})
-    assert default.recipe == "stable" and default.sp.warmup_iterations == 133 and default.hrl.baseline == "batch_mean"
+    assert default.recipe == "stable" and default.sp.warmup_iterations == 133 and default.hrl.baseline == "greedy"
+    assert default.model.gate_norm and default.hrl.gate_lr_scale == 10.0 and default.hrl.entropy_weight > 0
     authors = load_train_config(None, {"recipe": "authors", "sp.iterations": 400})
     assert authors.sp.warmup_iterations == 0 and authors.hrl.baseline == "none"
+    assert not authors.model.gate_norm and authors.hrl.gate_lr_scale == 1.0 and authors.hrl.entropy_weight == 0.0
+    assert not any(".2." in k for k in Engine(load_train_config(None, {**SMALL, "recipe": "authors"})).model.state_dict())
     mixed = load_train_config(None, {"recipe": "authors", "sp.gate_warmup": 50})     # a stated key wins
     assert mixed.sp.warmup_iterations == 50 and mixed.hrl.baseline == "none"
     with pytest.raises(ConfigError, match="recipe"):
         load_train_config(None, {"recipe": "fast"})
+
+
+def test_greedy_baseline_cancels_what_the_image_alone_decides():
+    """The self-critical advantage is the sampled path's return minus the greedy path's: zero
+    where the policy sampled its greedy actions, so an image's difficulty alone moves nothing."""
+    returns = torch.tensor([[-1.0, -0.5], [-3.0, -2.0]])
+    greedy = torch.tensor([[-1.0, -0.5], [-2.5, -2.0]])
+    assert torch.equal(advantages(returns, "greedy", greedy), torch.tensor([[0.0, 0.0], [-0.5, 0.0]]))
+    assert torch.equal(advantages(returns, "batch_mean"), returns - returns.mean(0, keepdim=True))
+    assert torch.equal(advantages(returns, "none"), returns)
+
+
+def test_greedy_returns_leave_bn_statistics_and_rng_alone():
+    engine = Engine(small_cfg(**{"stage": "hrl", "hrl.iterations": 1, "hrl.baseline": "greedy"}), load_init=False)
+    model = engine.model
+    model.train()
+    images, labels = engine._next_batch()
+    buffers = {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
+    rng = torch.get_rng_state()
+    r = greedy_returns(model, images, labels, alpha=1.0, gamma=1.0)
+    assert r.shape == (images.shape[0], model.num_gates) and model.training and model.mode.value == "policy"
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in buffers.items())
+    assert torch.equal(torch.get_rng_state(), rng)
+    engine.step()                                        # and a greedy-baseline step trains
+    assert engine.iteration == 1
+
+
+def test_gates_train_at_their_own_learning_rate_through_schedule_and_updates():
+    engine = Engine(small_cfg(**{"stage": "sp", "sp.iterations": 4, "sp.lr_milestones": [2], "sp.lr_decay": 0.5,
+                                 "sp.gate_lr_scale": 10.0}))
+    blocks, gates = engine.optimizer.param_groups
+    names = {id(p): n for n, p in engine.model.named_parameters()}
+    assert all("_gate" in names[id(p)] or names[id(p)].startswith("control.") for p in gates["params"])
+    assert not any("_gate" in names[id(p)] for p in blocks["params"])
+    assert (blocks["lr"], gates["lr"]) == pytest.approx((0.1, 1.0))
+    engine.train(3)
+    assert (blocks["lr"], gates["lr"]) == pytest.approx((0.05, 0.5))
+    engine.update_hyperparameters(lr=0.2)                 # PBT: the ratio stays
+    assert (blocks["lr"], gates["lr"]) == pytest.approx((0.1, 1.0))
+    with pytest.raises(ConfigError, match="hrl.gate_lr_scale"):
+        small_cfg(**{"hrl.gate_lr_scale": 0})
+
+
+def test_entropy_weight_pulls_gate_probabilities_towards_one_half():
+    prob = torch.tensor([0.9, 0.5, 0.1], requires_grad=True)
+    bernoulli_entropy(prob).sum().backward()
+    assert prob.grad[0] < 0 and abs(prob.grad[1]) < 1e-6 and prob.grad[2] > 0
