@@ -23,7 +23,23 @@ def _table(rows: list[tuple[str, Any]]) -> str:
 
 
 _SUMMARY = ["val_top1", "val_top5", "val_computation_pct", "val_block_count_pct", "val_executed_gflops",
-            "test_top1", "test_top5", "test_computation_pct", "test_block_count_pct", "iteration", "checkpoint"]
+            "val_computation_p10", "val_computation_p50", "val_computation_p90", "val_distinct_paths",
+            "val_difficulty_spearman", "val_difficulty_source", "test_top1", "test_top5", "test_computation_pct",
+            "test_block_count_pct", "iteration", "checkpoint"]
+
+
+def _curve_table(metrics: dict[str, Any]) -> str | None:
+    """The threshold curve of a final evaluation (``threshold_curve/<t>/val_*``) as a table, or None."""
+    from skipnet.fronts import threshold_curve
+    curve = threshold_curve(metrics)
+    if not curve:
+        return None
+    lines = [f"  {'threshold':>9} {'val_top1':>8} {'comp%':>6} {'blocks%':>7} {'rho':>6} {'paths':>5}"]
+    for t, m in curve.items():
+        lines.append(f"  {t:>9g} {_num(m.get('val_top1'), 8, 2)} {_num(m.get('val_computation_pct'), 6, 1)} "
+                     f"{_num(m.get('val_block_count_pct'), 7, 1)} {_num(m.get('val_difficulty_spearman'), 6, 2)} "
+                     f"{_num(m.get('val_distinct_paths'), 5, 0)}")
+    return "\n".join(lines)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -55,6 +71,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     bar.close()
     print(f"\n{cfg.model.arch} ({cfg.stage}) -> {cfg.output_dir}")
     print(_table([(k, final[k]) for k in _SUMMARY if k in final]))
+    curve = _curve_table(final)
+    if curve:
+        print(f"validation at each gate threshold (eval.gate_thresholds; this model runs at "
+              f"model.gate_threshold {cfg.model.gate_threshold:g}):\n{curve}")
     return 0
 
 
@@ -116,6 +136,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                           image_size=dc.image_size, synthetic_size=dc.synthetic_size,
                           synthetic_test_size=dc.synthetic_test_size)
     model = create_model(arch, num_classes=splits.num_classes)
+    model.gate_threshold = _eval_threshold(args.gate_threshold, saved)
     try:
         load_checkpoint(model, args.checkpoint, checkpoint=ckpt)       # read once (an s3:// file: fetched once)
     except CheckpointError as e:
@@ -127,24 +148,43 @@ def cmd_eval(args: argparse.Namespace) -> int:
     metrics = evaluate(model, dataset, costs, split=args.split, batch_size=args.batch_size, device=device,
                        top5=splits.name == "imagenet", num_workers=dc.num_workers)
     skip = metrics.pop(f"{args.split}_skip_ratio", None)
-    print(f"{arch} on {splits.name}/{args.split} ({len(dataset)} images)")
+    at = f", gate threshold {model.gate_threshold:g}" if model.gate_spec is not None else ""
+    print(f"{arch} on {splits.name}/{args.split} ({len(dataset)} images{at})")
     print(_table(list(metrics.items())))
     if skip is not None:
         print("  skip ratio per gate: " + " ".join(f"{s:.2f}" for s in skip))
     return 0
 
 
+def _eval_threshold(given: float | None, saved: dict) -> float:
+    """The gate threshold ``skipnet eval`` decides with: ``--gate-threshold``, else the
+    checkpoint's config's ``model.gate_threshold``, else 0.5."""
+    from skipnet.errors import ConfigError
+    if given is not None:
+        if not 0 < given < 1:
+            raise ConfigError("--gate-threshold", given, "a number strictly between 0 and 1")
+        return given
+    value = (saved.get("model") or {}).get("gate_threshold", 0.5)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+        raise ConfigError("--checkpoint", value, "a checkpoint whose config has model.gate_threshold in (0, 1)")
+    return float(value)
+
+
 def _print_summary(summary) -> None:
     from skipnet.tracking import default_tracking_uri, ui_hint
     rows = sorted(summary.trials, key=lambda r: (r["error"], -(r.get("objective") or r.get("val_top1") or -1e9)))
     print(f"\nsearch {summary.search_id}: {len(rows)} trials, {summary.errors} failed")
-    print(f"  {'trial':<12} {'steps':>5} {'val_top1':>8} {'comp%':>6} {'objective':>9}  config")
+    # rho: Spearman of per-image FLOPs with difficulty; paths: distinct execution paths (1 = static pruning)
+    print(f"  {'trial':<12} {'steps':>5} {'val_top1':>8} {'comp%':>6} {'rho':>5} {'paths':>5} {'objective':>9}  config")
     shown = [r for r in rows if not r["error"]][:10] + [r for r in rows if r["error"]]
     for r in shown:
         cfg = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in _flat(r["config"]).items())
         print(f"  {r['trial_id']:<12} {r['training_iteration'] or 0:>5} {_num(r['val_top1'], 8, 2)} "
-              f"{_num(r['val_computation_pct'], 6, 1)} {_num(r['objective'], 9, 2)}  {cfg}"
+              f"{_num(r['val_computation_pct'], 6, 1)} {_num(r.get('val_difficulty_spearman'), 5, 2)} "
+              f"{_num(r.get('val_distinct_paths'), 5, 0)} {_num(r['objective'], 9, 2)}  {cfg}"
               f"{'   FAILED' if r['error'] else ''}")
+    print("  (rho: rank correlation of per-image computation with difficulty; paths: distinct execution paths, "
+          "1 = a static network)")
     if len(rows) - summary.errors > 10:
         print(f"  ... {len(rows) - summary.errors - 10} more trials in MLflow")
     for r in rows:
@@ -203,22 +243,30 @@ def _print_front(summary):
     """The search's accuracy/computation front as a table; returns its knee trial (or None)."""
     from skipnet import fronts
     from skipnet.errors import SkipNetError
-    points = [fronts.TrialPoint(run_id="", trial_id=r["trial_id"], search_id=summary.search_id,
+    trials = [fronts.TrialPoint(run_id="", trial_id=r["trial_id"], search_id=summary.search_id,
                                 parent_run_id=summary.parent_run_id, accuracy=float(r["val_top1"]),
                                 computation=float(r["val_computation_pct"]), steps=int(r["training_iteration"] or 0),
                                 iteration=0, num_classes=int(r["num_classes"]) if r.get("num_classes") else None,
-                                status="error" if r["error"] else "done", config=_flat(r["config"] or {}))
+                                status="error" if r["error"] else "done", config=_flat(r["config"] or {}),
+                                metrics={**r.get("curve", {}), **({"gate_threshold": r["gate_threshold"]}
+                                                                  if r.get("gate_threshold") is not None else {})})
               for r in summary.trials if r.get("val_top1") is not None and r.get("val_computation_pct") is not None]
+    points = [p for t in trials for p in fronts.with_threshold_points(t)]
     try:
         front = fronts.analyse(summary.search_id, summary.parent_run_id, points)
     except SkipNetError:
         return None
-    print(f"\nfront: {len(front.front)} of {len(points)} trials; hypervolume {front.hypervolume_pct:.1f} % "
+    swept = len(points) - len(trials)
+    print(f"\nfront: {len(front.front)} of {len(points)} points ({len(trials)} trials"
+          f"{f' + {swept} at other gate thresholds, named TRIAL@THRESHOLD' if swept else ''}); "
+          f"hypervolume {front.hypervolume_pct:.1f} % "
           f"(reference: {front.reference[0]:.1f} % accuracy, {front.reference[1]:.0f} % computation)")
-    print(f"  {'trial':<12} {'val_top1':>8} {'comp%':>6}  config")
+    width = max([12, *(len(t.trial_id) for t in front.front)])
+    print(f"  {'trial':<{width}} {'val_top1':>8} {'comp%':>6}  config")
     for t in front.front:
-        cfg = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.config.items())
-        print(f"  {t.trial_id:<12} {t.accuracy:>8.2f} {t.computation:>6.1f}  {cfg}"
+        config = {k: v for k, v in t.config.items() if k != "model.gate_threshold"}
+        cfg = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in config.items())
+        print(f"  {t.trial_id:<{width}} {t.accuracy:>8.2f} {t.computation:>6.1f}  {cfg}"
               f"{'   <- knee' if t.trial_id == front.knee.trial_id else ''}")
     return front.knee
 
@@ -323,10 +371,14 @@ def cmd_pareto(args: argparse.Namespace) -> int:
               f"{len(f.front)} on the front")
         print(f"  hypervolume {f.hypervolume:.1f} %^2 = {f.hypervolume_pct:.2f} % of the box from the reference "
               f"point (accuracy {f.reference[0]:.2f} %, computation {f.reference[1]:.1f} %)")
-        print(f"  {'trial':<14} {'val_top1':>8} {'comp%':>7} {'steps':>5}  run")
-        for row in fronts.table(f):
-            print(f"  {row['trial']:<14} {row['val_top1']:>8.2f} {row['computation_pct']:>7.2f} {row['steps']:>5}"
+        rows = fronts.table(f)
+        width = max([14, *(len(row["trial"]) for row in rows)])
+        print(f"  {'trial':<{width}} {'val_top1':>8} {'comp%':>7} {'steps':>5}  run")
+        for row in rows:
+            print(f"  {row['trial']:<{width}} {row['val_top1']:>8.2f} {row['computation_pct']:>7.2f} {row['steps']:>5}"
                   f"  {row['run_id']}{'  <- knee' if row['knee'] else ''}")
+        if any(t.swept for t in f.trials):
+            print("  (TRIAL@T: that trial's model at gate threshold T; skipnet export writes model.gate_threshold: T)")
     if not args.no_log and overlay:
         print(f"\ntagged pareto=true / pareto_rank on the trials' runs; logged the comparison (front.png, "
               f"front.html, each front's CSV) to {logged_to}/ of each parent run; their own fronts are unchanged")
@@ -370,7 +422,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.register:
         doc[export.EXPORT_KEY]["registered_model"] = export.register(client, point, args.register, args.alias, checkpoint_uri)
     path = export.write_export(doc, args.output)
-    print(f"trial {point.trial_id} of {point.search_id} ({selected_by}): val top1 {point.accuracy:.2f} %, "
+    at = f" at gate threshold {point.gate_threshold!r}" if point.swept else ""
+    print(f"trial {point.trial_id} of {point.search_id} ({selected_by}{at}): val top1 {point.accuracy:.2f} %, "
           f"computation {point.computation:.2f} %  -> {path}")
     if args.register:
         print(f"registered as {doc[export.EXPORT_KEY]['registered_model']['uri']}")
@@ -417,6 +470,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=["val", "test"], default="test")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--gate-threshold", type=float, metavar="T",
+                   help="execute a block when its gate's probability exceeds T (default: the checkpoint's "
+                        "model.gate_threshold, else 0.5)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("search", help="run a search from an experiment file (local Ray or --address)")
@@ -463,7 +519,8 @@ def build_parser() -> argparse.ArgumentParser:
     pick.add_argument("--max-computation", type=float, metavar="PCT", help="most accurate trial at or under PCT %%")
     pick.add_argument("--min-accuracy", type=float, metavar="PCT", help="cheapest trial at or above PCT %% top-1")
     pick.add_argument("--knee", action="store_true", help="the knee of the front")
-    pick.add_argument("--trial", metavar="TRIAL_ID", help="the trial of this id (the run name of its MLflow run)")
+    pick.add_argument("--trial", metavar="TRIAL_ID", help="the trial of this id (the run name of its MLflow run; "
+                                                        "TRIAL_ID@T: that trial at gate threshold T)")
     p.add_argument("-o", "--output", required=True, help="the YAML file to write (e.g. best.yaml)")
     p.add_argument("--register", metavar="NAME", help="also register the checkpoint as MLflow model NAME")
     p.add_argument("--alias", default="best", help="alias of the registered version (default: best)")

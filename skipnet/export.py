@@ -6,7 +6,9 @@ search, code version) and where its checkpoint is. A trial stops at its last rep
 early (ASHA, MOASHA): the exported schedule ends where the trial's training ended, and
 evaluates once at the end of each stage, so the trained model is the one the trial reported; it
 also fixes torch's CPU thread count to the trial's, since float sums (and so a model near a
-decision boundary) change with it.
+decision boundary) change with it. A threshold-sweep point (``TRIAL@T``) is the trial's config
+with ``model.gate_threshold: T``: training ignores the threshold, so the retrained model is the
+trial's and its evaluation at T is the point's.
 """
 from __future__ import annotations
 
@@ -22,8 +24,8 @@ from skipnet.fronts import TrialPoint
 
 EXPORT_KEY = "export"       # the section load_train_config skips
 _REPORTED = ("val_top1", "val_top5", "val_computation_pct", "val_block_count_pct", "val_executed_gflops",
-             "test_top1", "test_top5", "test_computation_pct", "test_block_count_pct", "training_iteration",
-             "iteration", "alpha")
+             "val_distinct_paths", "val_difficulty_spearman", "test_top1", "test_top5", "test_computation_pct",
+             "test_block_count_pct", "training_iteration", "iteration", "alpha", "gate_threshold")
 
 
 def reproducing_config(cfg: dict[str, Any], iteration: int) -> dict[str, Any]:
@@ -61,6 +63,8 @@ def export_document(point: TrialPoint, train_config: dict[str, Any], *, selected
     if schedule:
         last = schedule[-1]
         cfg["hrl"] = dict(cfg.get("hrl", {}), alpha=last["hrl.alpha"], lr=last["hrl.lr"])
+    if point.swept:                           # the trial's model at another gate threshold: evaluate at it
+        cfg["model"] = dict(cfg.get("model", {}), gate_threshold=point.gate_threshold)
     cfg["output_dir"] = f"runs/{point.search_id}/{point.trial_id}"
     if cfg.get("threads") is None and point.metrics.get("threads"):
         cfg["threads"] = int(point.metrics["threads"])          # float sums differ with the thread count

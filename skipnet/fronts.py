@@ -8,13 +8,18 @@ scores 0. ``select`` picks the trial an export names and ``export_selector`` the
 names exactly one trial; ``front_csv`` and ``front_markdown`` write a front out (the latter for
 the parent run's description, :mod:`skipnet.mlflow_ui`). Pure data: MLflow reading lives in
 :mod:`skipnet.tracking`, plots in :mod:`skipnet.plots`.
+
+Every trained model is a curve: a trial whose final report holds a threshold curve (metrics
+``threshold_curve/<t>/val_top1`` ..., ``eval.gate_thresholds``) adds one candidate point per
+threshold that moves it (``with_threshold_points``), named ``<trial id>@<t>`` and marked
+``swept``; exporting one writes ``model.gate_threshold: t``.
 """
 from __future__ import annotations
 
 import csv
 import io
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import Any
 
@@ -43,10 +48,63 @@ class TrialPoint:
     checkpoint_path: str | None = None       # where Tune keeps the trial's last checkpoint
     config: dict[str, str] = field(default_factory=dict)     # the run's params (flat)
     metrics: dict[str, float] = field(default_factory=dict)
+    gate_threshold: float | None = None      # the gate threshold its val metrics were measured at, if known
+    swept: bool = False                      # a threshold-sweep point: the trial's model at another threshold
 
     @property
     def valid(self) -> bool:
         return math.isfinite(self.accuracy) and math.isfinite(self.computation)
+
+
+CURVE_PREFIX = "threshold_curve/"          # + "<threshold>/val_<metric>" (skipnet.train.evaluate.curve_key)
+SWEEP_SEPARATOR = "@"                      # a threshold point's id: <trial id>@<threshold>
+
+
+def own_threshold(metrics: dict[str, float], config: dict[str, str]) -> float | None:
+    """The threshold a trial's own val metrics were measured at: reported (``gate_threshold``)
+    or configured (``model.gate_threshold``); None when neither says (a plain ResNet, older runs)."""
+    value = metrics.get("gate_threshold", config.get("model.gate_threshold"))
+    try:
+        return None if value is None else float(value)
+    except ValueError:
+        return None
+
+
+def threshold_curve(metrics: dict[str, float]) -> dict[float, dict[str, float]]:
+    """``{threshold: {"val_top1": ..., "val_computation_pct": ...}}`` from ``threshold_curve/`` metrics."""
+    curve: dict[float, dict[str, float]] = {}
+    for key, value in metrics.items():
+        if key.startswith(CURVE_PREFIX) and key.count("/") == 2:
+            _, threshold, name = key.split("/")
+            try:
+                curve.setdefault(float(threshold), {})[name] = value
+            except ValueError:
+                continue                         # not a threshold: not ours
+    return dict(sorted(curve.items()))
+
+
+def with_threshold_points(trial: TrialPoint) -> list[TrialPoint]:
+    """``trial`` (with its own threshold), then one swept point per threshold of its curve that
+    moves it: id ``<trial id>@<t>``, config with ``model.gate_threshold`` = t, metrics the
+    curve's val metrics at t (no test metrics: the sweep measures val only). A threshold giving
+    the same (accuracy, computation) as the trial's own point, or as a threshold nearer its
+    own, adds nothing and is left out."""
+    own = own_threshold(trial.metrics, trial.config)
+    points, seen = [replace(trial, gate_threshold=own)], {(trial.accuracy, trial.computation)}
+    kept = {k: v for k, v in trial.metrics.items() if not k.startswith(("val_", "test_", CURVE_PREFIX))}
+    centre = 0.5 if own is None else own
+    curve = {t: v for t, v in threshold_curve(trial.metrics).items() if "val_top1" in v and "val_computation_pct" in v}
+    swept = []
+    for t in sorted(curve, key=lambda t: (abs(t - centre), t)):
+        values = curve[t]
+        point = (float(values["val_top1"]), float(values["val_computation_pct"]))
+        if t == centre or point in seen:
+            continue                             # the trial's own point, or a copy of a nearer one
+        seen.add(point)
+        swept.append(replace(trial, trial_id=f"{trial.trial_id}{SWEEP_SEPARATOR}{t!r}", accuracy=point[0],
+                             computation=point[1], config={**trial.config, "model.gate_threshold": repr(t)},
+                             metrics={**kept, **values, "gate_threshold": t}, gate_threshold=t, swept=True))
+    return points + sorted(swept, key=lambda p: p.gate_threshold)
 
 
 @dataclass(frozen=True)
@@ -92,14 +150,18 @@ def analyse(search_id: str, parent_run_id: str, trials: list[TrialPoint],
 
 
 def front_csv(front: SearchFront) -> str:
-    """The front as CSV: one row per non-dominated trial, cheapest first."""
+    """The front as CSV: one row per non-dominated point, cheapest first; ``gate_threshold`` is
+    the threshold the point was measured at, ``swept`` says it is a threshold-sweep point."""
     out = io.StringIO()
     writer = csv.writer(out)
-    keys = sorted({k for t in front.front for k in t.config if k.startswith(("hrl.", "sp.lr", "model.", "seed"))})
-    writer.writerow(["search_id", "trial_id", "run_id", "val_top1", "val_computation_pct", "steps", "knee", *keys])
+    keys = sorted({k for t in front.front for k in t.config if k.startswith(("hrl.", "sp.lr", "model.", "seed"))
+                   and k != "model.gate_threshold"})
+    writer.writerow(["search_id", "trial_id", "run_id", "val_top1", "val_computation_pct", "steps", "knee",
+                     "gate_threshold", "swept", *keys])
     for t in front.front:
         writer.writerow([t.search_id, t.trial_id, t.run_id, f"{t.accuracy:.4f}", f"{t.computation:.4f}", t.steps,
-                         str(front.knee is not None and t.run_id == front.knee.run_id).lower(),
+                         str(front.knee is not None and t.trial_id == front.knee.trial_id).lower(),
+                         "" if t.gate_threshold is None else repr(t.gate_threshold), str(t.swept).lower(),
                          *[t.config.get(k, "") for k in keys]])
     return out.getvalue()
 
@@ -173,8 +235,8 @@ def export_selector(trials: list[TrialPoint], point: TrialPoint) -> str:
 
 def table(front: SearchFront) -> list[dict[str, Any]]:
     return [{"trial": t.trial_id, "val_top1": t.accuracy, "computation_pct": t.computation, "steps": t.steps,
-             "knee": front.knee is not None and t.run_id == front.knee.run_id, "run_id": t.run_id}
-            for t in front.front]
+             "knee": front.knee is not None and t.trial_id == front.knee.trial_id, "run_id": t.run_id,
+             "swept": t.swept} for t in front.front]
 
 
 #: Columns of :func:`front_markdown` taken from a trial's config: (header, flat config key).
@@ -224,14 +286,18 @@ def front_markdown(front: SearchFront, *, tracking_uri: str | None = None, run_l
         rows.append("| " + " | ".join(cells) + " |")
         commands.append(f"skipnet export {front.search_id} {option} -o best.yaml{uri}   # {t.trial_id}{knee}")
 
+    sweep = (f" A point `TRIAL{SWEEP_SEPARATOR}T` is that trial's model evaluated at gate threshold T (the others at "
+             "their own, normally 0.5); its export sets `model.gate_threshold: T`." if any(t.swept for t in trials) else "")
+
     def text(n: int) -> str:
         more = len(rows) - n
         cut = [f"| ... {more} more: `skipnet pareto {front.search_id}{uri}` |"] if more else []
         return "\n".join(head + rows[:n] + cut + [
             "",
             "Validation top-1 % against computation (% of the plain ResNet's FLOPs) at each trial's last report, "
-            "cheapest first. Hypervolume: the area the front dominates, as a % of the box from the reference point "
-            f"({front.reference[0]:.1f} % accuracy, {front.reference[1]:.0f} % computation) to a perfect free model.",
+            "cheapest first." + sweep + " Hypervolume: the area the front dominates, as a % of the box from the "
+            f"reference point ({front.reference[0]:.1f} % accuracy, {front.reference[1]:.0f} % computation) to a "
+            "perfect free model.",
             "",
             "Export a front trial (its training config; then `skipnet train --config best.yaml` retrains it):",
             "", "```", *commands[:n], "```", "",

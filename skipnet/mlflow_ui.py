@@ -19,7 +19,8 @@ lets a store set:
   tag ``mlflow.sharedViewState.<key>``: name, creation time and the table's state as JSON; the
   Runs tab's "Views" menu lists them, ``?viewStateShareKey=<key>`` opens one) sets the filter,
   the sort, the columns and the charts. Each search gets one: its trials (not its shared SP
-  runs), front first, with validation accuracy, computation, alpha, lr, gate and Pareto rank,
+  runs), front first, with validation accuracy, computation, the routing metrics (Spearman rho of
+  per-image computation with difficulty, distinct execution paths), alpha, lr, gate and Pareto rank,
   and a chart section whose scatter is accuracy against computation. No view can be made the
   default, nor can a view expand nested runs (MLflow drops ``runsExpanded`` from saved views).
 * **Run colours** (tag ``mlflow.runColor``) colour a run in the table and the charts: front
@@ -44,8 +45,10 @@ KIND = "mlflow.experimentKind"
 SAVED_VIEW = "mlflow.sharedViewState."            # + key: a saved view of the Runs tab
 RUN_COLOR = "mlflow.runColor"
 FRONT_COLOR, OTHER_COLOR, SEARCH_COLOR = "#e8590c", "#adb5bd", "#1c7ed6"     # front trials, others, parent
-TRIAL_COLUMNS = {"metrics.`val_top1`": 150, "metrics.`val_computation_pct`": 170, "params.`hrl.alpha`": 150,
-                 "params.`hrl.lr`": 150, "params.`model.gate`": 150, "tags.`pareto_rank`": 110}   # column: width
+TRIAL_COLUMNS = {"metrics.`val_top1`": 150, "metrics.`val_computation_pct`": 170,
+                 "metrics.`val_difficulty_spearman`": 170, "metrics.`val_distinct_paths`": 150,
+                 "params.`hrl.alpha`": 150, "params.`hrl.lr`": 150, "params.`model.gate`": 150,
+                 "tags.`pareto_rank`": 110}   # column: width (routing: rho with difficulty, execution paths)
 _EXPERIMENT_NOTE = "**SkipNet searches.**"        # how an experiment description written here starts
 
 

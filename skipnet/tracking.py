@@ -28,7 +28,7 @@ from mlflow.tracking import MlflowClient
 
 from skipnet.config import flatten
 from skipnet.errors import ConfigError, SkipNetError
-from skipnet.fronts import TrialPoint
+from skipnet.fronts import TrialPoint, with_threshold_points
 from skipnet.mlflow_ui import FRONT_COLOR, OTHER_COLOR, RUN_COLOR, prepare_ui
 from skipnet.pareto import NAN_RANK
 
@@ -96,6 +96,16 @@ def code_version() -> str:
     except (OSError, subprocess.SubprocessError):
         return __version__
     return f"{__version__}+g{commit}{'.dirty' if dirty else ''}" if commit else __version__
+
+
+#: String-valued results, kept as tags of the trial's run (MLflow metrics are numbers only).
+RESULT_TAGS = ("val_difficulty_source", "test_difficulty_source")
+
+
+def result_tags(result: dict[str, Any]) -> dict[str, str]:
+    """The tags a result carries: its string values of ``RESULT_TAGS`` (what the routing
+    metrics' ``difficulty_spearman`` was measured against)."""
+    return {k: result[k] for k in RESULT_TAGS if isinstance(result.get(k), str)}
 
 
 def _param_value(v: Any) -> str:
@@ -200,7 +210,8 @@ class SearchTracker:
         return {m.step for m in self.client.get_metric_history(run_id, "training_iteration")}
 
     def log_metrics(self, run_id: str, metrics: dict[str, Any], step: int, timestamp: int | None = None) -> None:
-        """Numeric, finite ``metrics`` at ``step``, stamped ``timestamp`` (ms; default now)."""
+        """Numeric, finite ``metrics`` at ``step``, stamped ``timestamp`` (ms; default now); strings
+        are not metrics (see ``result_tags``)."""
         now = int(time.time() * 1000) if timestamp is None else int(timestamp)
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items()
                  if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
@@ -262,8 +273,9 @@ def find_searches(client: MlflowClient, spec: str) -> list:
 
 
 def search_trials(client: MlflowClient, parent) -> list[TrialPoint]:
-    """Each trial of a search at its last reported step (what its checkpoint holds); the runs of
-    a shared SP phase (tag ``role=sp``) are not trials."""
+    """Each trial of a search at its last reported step (what its checkpoint holds), followed by
+    its threshold-sweep points (``fronts.with_threshold_points``: ``<trial id>@<t>``); the runs
+    of a shared SP phase (tag ``role=sp``) are not trials."""
     runs = client.search_runs([parent.info.experiment_id], max_results=10000,
                               filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     search_id = parent.data.tags.get("search_id", parent.info.run_name)
@@ -273,7 +285,7 @@ def search_trials(client: MlflowClient, parent) -> list[TrialPoint]:
             continue                          # a shared SP run: where trials started, not a trial
         m = run.data.metrics
         nan = float("nan")
-        points.append(TrialPoint(
+        points += with_threshold_points(TrialPoint(
             run_id=run.info.run_id, trial_id=run.data.tags.get("trial_id", run.info.run_name),
             search_id=search_id, parent_run_id=parent.info.run_id,
             accuracy=m.get("val_top1", nan), computation=m.get("val_computation_pct", nan),
@@ -286,20 +298,29 @@ def search_trials(client: MlflowClient, parent) -> list[TrialPoint]:
     return sorted(points, key=lambda p: p.trial_id)
 
 
+def run_ranks(points: list[TrialPoint], ranks) -> dict[str, int]:
+    """Run id -> the best (lowest) rank of its points: a trial is on the front when its own
+    point or one of its threshold points is."""
+    best: dict[str, int] = {}
+    for point, rank in zip(points, ranks):
+        if point.run_id:
+            best[point.run_id] = min(int(rank), best.get(point.run_id, NAN_RANK))
+    return best
+
+
 def tag_ranks(client: MlflowClient, points: list[TrialPoint], ranks,
               shown: dict[str, int] | None = None) -> dict[str, int]:
-    """``pareto=true|false``, ``pareto_rank`` (0 = the front) and the run colour (front trials
-    stand out in the UI, :mod:`skipnet.mlflow_ui`) on every trial's run. ``shown``: run id ->
-    rank already tagged (left alone); returns it updated."""
+    """``pareto=true|false``, ``pareto_rank`` (0 = the front; the best of the run's points,
+    ``run_ranks``) and the run colour (front trials stand out in the UI, :mod:`skipnet.mlflow_ui`)
+    on every trial's run. ``shown``: run id -> rank already tagged (left alone); returns it updated."""
     shown = dict(shown or {})
-    for point, rank in zip(points, ranks):
-        rank = int(rank)
-        if not point.run_id or shown.get(point.run_id) == rank:
+    for run_id, rank in run_ranks(points, ranks).items():
+        if shown.get(run_id) == rank:
             continue
-        client.log_batch(point.run_id, tags=[
+        client.log_batch(run_id, tags=[
             RunTag("pareto", str(rank == 0).lower()), RunTag("pareto_rank", "" if rank == NAN_RANK else str(rank)),
             RunTag(RUN_COLOR, FRONT_COLOR if rank == 0 else OTHER_COLOR)])
-        shown[point.run_id] = rank
+        shown[run_id] = rank
     return shown
 
 

@@ -36,6 +36,10 @@ def test_train_writes_checkpoints_metrics_and_table(trained):
     final = json.loads((out / "final.json").read_text())
     assert "test_top1" in final and "val_computation_pct" in final
     assert "val_top1" in result.stdout and "test_computation_pct" in result.stdout
+    assert "val_difficulty_spearman" in result.stdout and "val_distinct_paths" in result.stdout
+    curve = sorted(k.split("/")[1] for k in final if k.startswith("threshold_curve/") and k.endswith("/val_top1"))
+    assert curve == ["0.2", "0.35", "0.5", "0.7"] and "validation at each gate threshold" in result.stdout
+    assert final["threshold_curve/0.5/val_top1"] == final["val_top1"]
     progress = [line for line in result.stdout.splitlines() if line.startswith("train: iteration")]
     assert [line.split()[2] for line in progress] == [f"{i}/6" for i in range(1, 7)], result.stdout
     assert all("img/s" in line and "ETA" in line for line in progress) and "\r" not in result.stdout
@@ -48,6 +52,23 @@ def test_eval_of_our_checkpoint(trained):
     final = json.loads((out / "final.json").read_text())
     assert f"{final['val_top1']:.3f}" in result.stdout
     assert "skip ratio per gate" in result.stdout
+
+
+def test_eval_decides_at_the_checkpoints_gate_threshold_or_the_given_one(trained, tmp_path):
+    """``skipnet eval`` of a checkpoint whose config says ``model.gate_threshold: 0.35`` reports
+    the training run's curve at 0.35; ``--gate-threshold`` overrides it; routing metrics print."""
+    out, _ = trained
+    final = json.loads((out / "final.json").read_text())
+    state = torch.load(out / "best.pt", weights_only=True)
+    state["config"]["model"]["gate_threshold"] = 0.35
+    torch.save(state, tmp_path / "at035.pt")
+    for args, t in (([], "0.35"), (["--gate-threshold", "0.2"], "0.2")):
+        result = run("eval", "--checkpoint", str(tmp_path / "at035.pt"), "--split", "val", *args)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert f"gate threshold {t})" in result.stdout.splitlines()[0]
+        top1 = next(line.split()[1] for line in result.stdout.splitlines() if line.split()[:1] == ["val_top1"])
+        assert top1 == f"{final[f'threshold_curve/{t}/val_top1']:.3f}", result.stdout
+        assert "val_distinct_paths" in result.stdout and "synthetic difficulty" in result.stdout
 
 
 def test_eval_of_an_authors_file_needs_arch(tmp_path):

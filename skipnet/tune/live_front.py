@@ -7,7 +7,8 @@ search's parent run.
 * **The front** is over each trial's latest result so far, with the rule MLflow applies to the
   trial's child run: the result at its highest ``training_iteration``, the first one reported at
   that step (the callback logs no step twice). So the last live front is the one
-  ``skipnet pareto`` computes from MLflow afterwards (same points, same default reference).
+  ``skipnet pareto`` computes from MLflow afterwards (same points, same default reference). A
+  final report's threshold curve adds the trial's threshold points (``fronts.with_threshold_points``).
 * **The step** of an update is the compute the search has spent so far: ``iterations_trained``
   summed over every result seen (a step redone after a restore counts again, as in
   ``runner.search_cost``), plus ``offset``: the iterations of a shared SP phase, which ran before
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from skipnet.errors import SkipNetError
-from skipnet.fronts import SearchFront, TrialPoint, analyse
+from skipnet.fronts import CURVE_PREFIX, SearchFront, TrialPoint, analyse, with_threshold_points
 
 
 @dataclass(frozen=True)
@@ -76,16 +77,18 @@ class LiveFront:
             "accuracy": _number(result.get("val_top1")), "computation": _number(result.get("val_computation_pct")),
             "steps": step, "iteration": int(_number(result.get("iteration"), 0)),
             "num_classes": int(_number(result.get("num_classes"), 0)) or None,
-            "config": {k: str(v) for k, v in (config or {}).items()}}
+            "config": {k: str(v) for k, v in (config or {}).items()},
+            # the threshold curve of a trial's final report: its other candidate points
+            "metrics": {k: float(v) for k, v in result.items() if (k.startswith(CURVE_PREFIX) or k == "gate_threshold")
+                        and isinstance(v, (int, float)) and not isinstance(v, bool)}}
 
     def update(self, run_ids: Mapping[str, str] | None = None) -> FrontUpdate | None:
         """The front over the points so far; None until some trial reported both metrics."""
         run_ids = run_ids or {}
-        trials = [TrialPoint(run_id=run_ids.get(tid, ""), trial_id=tid, search_id=self.search_id,
-                             parent_run_id=self.parent_run_id, accuracy=p["accuracy"], computation=p["computation"],
-                             steps=p["steps"], iteration=p["iteration"], num_classes=p["num_classes"],
-                             status="running", config=p["config"])
-                  for tid, p in sorted(self.points.items())]
+        trials = [point for tid, p in sorted(self.points.items()) for point in with_threshold_points(TrialPoint(
+            run_id=run_ids.get(tid, ""), trial_id=tid, search_id=self.search_id, parent_run_id=self.parent_run_id,
+            accuracy=p["accuracy"], computation=p["computation"], steps=p["steps"], iteration=p["iteration"],
+            num_classes=p["num_classes"], status="running", config=p["config"], metrics=p.get("metrics", {})))]
         try:
             front = analyse(self.search_id, self.parent_run_id, trials)
         except SkipNetError:                     # no trial reported both metrics yet

@@ -2,7 +2,7 @@
 
 Runs in the driver. Per trial: a child run on start (found again on resume), every result as
 metrics at step ``training_iteration`` (steps already logged are skipped, so a resumed search
-repeats none), and on completion the status, a ``stopped_early`` tag and the trial's last
+repeats none; its strings, such as ``val_difficulty_source``, as tags), and on completion the status, a ``stopped_early`` tag and the trial's last
 checkpoint (the model its last metrics describe) as an artifact.
 
 The searched trials' callback (``front_interval_s`` set; not the shared SP phase's) also keeps the
@@ -28,7 +28,7 @@ from typing import Any
 
 from ray import tune
 
-from skipnet.tracking import SearchTracker, server_reachable
+from skipnet.tracking import SearchTracker, result_tags, server_reachable
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ class MLflowSearchCallback(tune.Callback):
         self._tracker: SearchTracker | None = None
         self._last_step: dict[str, int] = {}
         self._schedules: dict[str, str] = {}             # run -> hyperparameter_schedule last tagged
+        self._result_tags: dict[str, dict[str, str]] = {}   # run -> string results last tagged (result_tags)
         self._offline_since: float | None = None
         self._last_probe = 0.0
         self.missed = 0                                  # events not mirrored while MLflow was down
@@ -133,6 +134,10 @@ class MLflowSearchCallback(tune.Callback):
         if schedule and schedule != self._schedules.get(run_id):     # PBT: what the weights went through
             self.tracker.set_tags(run_id, {"hyperparameter_schedule": schedule})
             self._schedules[run_id] = schedule
+        tags = result_tags(result)                   # strings (difficulty_source) are tags, not metrics
+        if tags and tags != self._result_tags.get(run_id):
+            self.tracker.set_tags(run_id, tags)
+            self._result_tags[run_id] = tags
 
     # -- the live front -------------------------------------------------------------------------
     def _add_to_front(self, trial, result: dict[str, Any]) -> None:

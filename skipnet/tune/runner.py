@@ -456,7 +456,9 @@ def _summary(results, search_id: str, path: str, parent: str, uri: str) -> Searc
                      "error": r.error is not None, "error_message": error_line(r.error) if r.error else None,
                      "error_file": f"{trial_dir.rstrip('/')}/error.txt" if r.error and trial_dir else None,
                      **{k: m.get(k) for k in ("training_iteration", "val_top1", "val_computation_pct",
-                                              "val_block_count_pct", "objective", "test_top1", "num_classes")}})
+                                              "val_block_count_pct", "objective", "test_top1", "num_classes",
+                                              "val_difficulty_spearman", "val_distinct_paths", "gate_threshold")},
+                     "curve": {k: v for k, v in m.items() if k.startswith("threshold_curve/")}})
     return SearchSummary(search_id, path, parent, uri, rows, sum(row["error"] for row in rows))
 
 
@@ -524,6 +526,7 @@ def _sync_trials(tracker, root: str, exp: ExperimentConfig, tags: dict[str, str]
     from ray.tune import ExperimentAnalysis
 
     from skipnet.config import flatten, load_train_config
+    from skipnet.tracking import result_tags
     from skipnet.tune.mlflow_callback import _get, completion_tags, full_train_config
     try:
         analysis = ExperimentAnalysis(root)
@@ -555,6 +558,9 @@ def _sync_trials(tracker, root: str, exp: ExperimentConfig, tags: dict[str, str]
         schedule = next((r["hyperparameter_schedule"] for r in reversed(results) if r.get("hyperparameter_schedule")), None)
         if schedule and run.data.tags.get("hyperparameter_schedule") != schedule:
             tracker.set_tags(run_id, {"hyperparameter_schedule": schedule})
+        tags = {k: v for r in results for k, v in result_tags(r).items()}     # the latest of each
+        if any(run.data.tags.get(k) != v for k, v in tags.items()):
+            tracker.set_tags(run_id, tags)
         if trial.status not in ("TERMINATED", "ERROR"):
             finished = False
             continue

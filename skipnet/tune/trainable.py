@@ -1,8 +1,10 @@
 """``SkipNetTrainable``: the training engine as a Ray Tune Trainable (class API).
 
 ``setup`` builds an ``Engine`` from the trial's config, ``step`` trains a fixed number of
-iterations and validates, ``save_checkpoint``/``load_checkpoint`` use the engine's exact-resume
-checkpoints, and ``reset_config`` starts the next trial on a reused actor (``reuse_actors``).
+iterations and validates (at the end also on the test split, and on val at every threshold of
+``eval.gate_thresholds``: ``threshold_curve/<t>/val_top1`` ..., and ``threshold_sweep_s``, what
+that cost), ``save_checkpoint``/``load_checkpoint`` use the engine's exact-resume checkpoints,
+and ``reset_config`` starts the next trial on a reused actor (``reuse_actors``).
 
 In a search that shares SP (``skipnet.tune.sharing``) a trial of the SP phase trains to the end
 of SP and stops; a searched trial starts from the end-of-SP state of its SP configuration
@@ -20,6 +22,7 @@ import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -100,13 +103,16 @@ class SkipNetTrainable(tune.Trainable):
         before = self.engine.global_iteration
         metrics = self.engine.train(self.iterations_per_step)
         metrics["iterations_trained"] = self.engine.global_iteration - before     # compute actually spent
-        metrics.update(self.engine.evaluate("val"))
+        val = self.engine.evaluate("val")
+        metrics.update(val)
         metrics["objective"] = objective(metrics, self.objective_weight)
         skip = metrics.pop("val_skip_ratio", None)
         if skip is not None:
             metrics["val_skip_ratio_mean"] = sum(skip) / len(skip)
             metrics.update({f"val_skip_ratio/gate{j:03d}": s for j, s in enumerate(skip)})
         metrics["alpha"] = self.engine.cfg.hrl.alpha
+        if self.engine.model.gate_spec is not None:
+            metrics["gate_threshold"] = self.engine.cfg.model.gate_threshold     # the threshold val_* were measured at
         metrics["num_classes"] = self.engine.splits.num_classes      # chance accuracy for fronts
         metrics["threads"] = torch.get_num_threads()                  # what an exact rerun needs
         metrics["restored_from"] = self.restored_from or ""
@@ -120,6 +126,10 @@ class SkipNetTrainable(tune.Trainable):
             test = self.engine.evaluate("test")
             test.pop("test_skip_ratio", None)
             metrics.update(test)
+            started = time.perf_counter()
+            curve = self.engine.threshold_curve(own=val)       # each (trial, threshold): a front candidate
+            if curve:
+                metrics.update(curve, threshold_sweep_s=time.perf_counter() - started)   # what the sweep cost
             metrics["engine_done"] = metrics["done"] = True      # "done" tells Tune to stop
         return metrics
 

@@ -1,5 +1,6 @@
 """Fronts, export and MLflow outages with real components: two searches on the synthetic data
-set (FIFO, and MOASHA one trial at a time), a real MLflow server, the real CLI."""
+set (FIFO with the default threshold sweep, so its trials are curves; MOASHA one trial at a
+time, without), a real MLflow server, the real CLI."""
 import hashlib
 import json
 import os
@@ -19,7 +20,7 @@ from ray.tune import ExperimentAnalysis
 
 from conftest import MLflowServer
 from skipnet import fronts, pareto, tracking
-from skipnet.export import reproducing_config
+from skipnet.export import export_document, reproducing_config
 from skipnet.tune.runner import init_ray, resume_search, run_search, sync_mlflow
 from test_live_front import assert_front_shown
 from test_search import SPACE, TINY_TRAIN, experiment
@@ -43,6 +44,7 @@ def searches(mlflow_server, tmp_path_factory):
         init_ray(None, num_cpus=2)
         try:
             fifo = run_search(experiment(tmp, mlflow_server["url"], "front-fifo", num_samples=5,
+                                         train=dict(TINY_TRAIN, eval={"batch_size": 100}),     # default sweep
                                          budget={"iterations_per_step": 2, "max_steps": 4}))
             space = dict(SPACE, **{"hrl.alpha": {"type": "loguniform", "low": 1e-2, "high": 10.0}})
             mo = run_search(experiment(tmp, mlflow_server["url"], "front-moasha", num_samples=8,
@@ -65,6 +67,23 @@ def dominated(point, others):
     """Brute force: some other point is at least as accurate and as cheap, and better in one."""
     acc, comp = point
     return any(a >= acc and c <= comp and (a > acc or c < comp) for a, c in others)
+
+
+def run_points(run):
+    """A trial's candidate points from its run's metrics, by brute force: its own (val_top1,
+    val_computation_pct) and its threshold curve's other points, each distinct point once."""
+    m = run.data.metrics
+    points = {(m["val_top1"], m["val_computation_pct"])}
+    for key, top1 in m.items():
+        if key.startswith("threshold_curve/") and key.endswith("/val_top1"):
+            points.add((top1, m[key.replace("/val_top1", "/val_computation_pct")]))
+    return points
+
+
+def front_of(runs):
+    """{(run id, point)} of the non-dominated points of these runs' candidate points."""
+    points = [(r.info.run_id, p) for r in runs for p in run_points(r)]
+    return {(rid, p) for rid, p in points if not dominated(p, [q for _, q in points])}
 
 
 def test_mlflow_shows_the_front_with_its_export_commands(searches, mlflow_server, tmp_path):
@@ -210,14 +229,17 @@ def test_pareto_cli_tags_front_logs_plots_and_prints(searches, mlflow_server, tm
     result = skipnet("pareto", fifo.search_id, "--tracking-uri", url, "--output", str(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
     runs = children(client, fifo)
-    points = {r.info.run_id: (r.data.metrics["val_top1"], r.data.metrics["val_computation_pct"]) for r in runs}
-    front = {rid for rid, p in points.items() if not dominated(p, [q for o, q in points.items() if o != rid])}
+    front = front_of(runs)
+    assert len({p for r in runs for p in run_points(r)}) > len(runs)        # the sweep added points
     parent = client.get_run(fifo.parent_run_id)
-    hv = pareto.hypervolume_2d(list(points.values()), (10.0, 100.0), ["max", "min"])   # 10 classes: chance 10 %
+    hv = pareto.hypervolume_2d([p for r in runs for p in run_points(r)], (10.0, 100.0), ["max", "min"])   # chance 10 %
     assert parent.data.metrics["pareto_hypervolume"] == pytest.approx(hv)
     assert parent.data.metrics["pareto_front_size"] == len(front)
     rows = (tmp_path / "front.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + len(front) and all(r.startswith(f"{fifo.search_id},") for r in rows[1:])
+    swept = [r.split(",") for r in rows[1:] if "@" in r.split(",")[1]]      # threshold points: labelled
+    assert all(r[8] == "true" and r[1].endswith("@" + r[7]) for r in swept)
+    assert all(r[1] in result.stdout for r in swept) and (not swept or "TRIAL@T" in result.stdout)
     before = mlflow_record(client, (fifo, mo), mlflow_server["artifacts"])
     for summary in (fifo, mo):
         own = {"pareto/front.png", "pareto/front.html", "pareto/front.csv"}
@@ -231,13 +253,13 @@ def test_pareto_cli_tags_front_logs_plots_and_prints(searches, mlflow_server, tm
     assert result.returncode == 0, result.stderr[-3000:]
     for summary in (fifo, mo):
         runs = children(client, summary)
-        points = {r.info.run_id: (r.data.metrics["val_top1"], r.data.metrics["val_computation_pct"]) for r in runs}
-        front = {rid for rid, p in points.items() if not dominated(p, [q for o, q in points.items() if o != rid])}
-        assert {r.info.run_id for r in runs if r.data.tags.get("pareto") == "true"} == front
+        front = front_of(runs)
+        front_runs = {rid for rid, _ in front}           # a trial is on the front if one of its points is
+        assert {r.info.run_id for r in runs if r.data.tags.get("pareto") == "true"} == front_runs
         for r in runs:
-            assert (r.data.tags["pareto_rank"] == "0") == (r.info.run_id in front)
+            assert (r.data.tags["pareto_rank"] == "0") == (r.info.run_id in front_runs)
         assert f"search {summary.search_id}" in result.stdout
-        for rid in front:
+        for rid in front_runs:
             assert rid in result.stdout
         rows = (out / f"front-{summary.search_id}.csv").read_text().strip().splitlines()
         assert len(rows) == 1 + len(front)
@@ -275,25 +297,98 @@ def test_pareto_cli_tags_front_logs_plots_and_prints(searches, mlflow_server, tm
     assert fifo.search_id in html and mo.search_id not in html
 
 
-def test_export_round_trip_reproduces_the_trial(searches, mlflow_server, tmp_path):
-    fifo = searches["fifo"]
-    out = tmp_path / "best.yaml"
-    result = skipnet("export", fifo.search_id, "--knee", "-o", str(out), "--tracking-uri", mlflow_server["url"],
-                     "--register", "skipnet-test-best", cwd=tmp_path)
+def retrain_reproduces(doc, tmp_path, keys):
+    """``skipnet train --config`` of an exported ``doc`` reports its ``keys`` exactly as exported."""
+    out = tmp_path / f"{doc['export']['trial_id']}.yaml"
+    out.write_text(yaml.safe_dump(doc, sort_keys=False))
+    train = skipnet("train", "--config", str(out), "--quiet", cwd=tmp_path)
+    assert train.returncode == 0, train.stderr[-3000:]
+    final = json.loads((tmp_path / doc["output_dir"] / "final.json").read_text())
+    for key in keys:
+        assert final[key] == pytest.approx(doc["export"]["metrics"][key], abs=1e-6), key
+
+
+def export(fifo, url, tmp_path, *selector, extra=()):
+    out = tmp_path / "exported.yaml"
+    result = skipnet("export", fifo.search_id, *selector, "-o", str(out), "--tracking-uri", url, *extra, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    doc = yaml.safe_load(out.read_text())
+    return yaml.safe_load(out.read_text()), result.stdout
+
+
+def test_export_round_trip_reproduces_the_trial(searches, mlflow_server, tmp_path):
+    """The knee, and a point of the other kind (a trial's own point or a threshold point
+    ``ID@T``, which exports ``model.gate_threshold: T``): each retrained gives its metrics."""
+    fifo, url = searches["fifo"], mlflow_server["url"]
+    doc, _ = export(fifo, url, tmp_path, "--knee", extra=("--register", "skipnet-test-best"))
     info = doc["export"]
     assert info["provenance"]["search_id"] == fifo.search_id and info["provenance"]["code_version"].startswith("0.")
     assert info["checkpoint"]["mlflow"] == f"runs:/{info['provenance']['mlflow_run_id']}/checkpoint"
     assert doc["model"]["arch"] == "cifar10_rnn_gate_38" and doc["seed"] == 0 and "alpha" in doc["hrl"]
-    client = MlflowClient(mlflow_server["url"])
+    client = MlflowClient(url)
     version = client.get_model_version_by_alias("skipnet-test-best", "best")
     assert version.run_id == info["provenance"]["mlflow_run_id"]
-    train = skipnet("train", "--config", str(out), "--quiet", cwd=tmp_path)
-    assert train.returncode == 0, train.stderr[-3000:]
-    final = json.loads((tmp_path / doc["output_dir"] / "final.json").read_text())
-    for key in ("val_top1", "val_computation_pct", "val_block_count_pct", "test_top1", "test_computation_pct"):
-        assert final[key] == pytest.approx(info["metrics"][key], abs=1e-6), key
+
+    points = {p.trial_id: p for p in tracking.search_trials(client, client.get_run(fifo.parent_run_id))}
+    swept = [p for p in points.values() if p.swept]
+    assert swept, "the FIFO search's sweep added no point"
+    knee = points[info["trial_id"]]
+    if knee.swept:                               # then also a trial's own point, by --trial
+        other = points[knee.trial_id.split("@")[0]]
+    else:                                        # then also a threshold point, by --trial ID@T
+        other = min(swept, key=lambda p: abs(p.gate_threshold - 0.35))
+    other_doc, stdout = export(fifo, url, tmp_path, "--trial", other.trial_id)
+    for point, d in ((knee, doc), (other, other_doc)):
+        metrics = d["export"]["metrics"]
+        assert d["export"]["trial_id"] == point.trial_id
+        assert (metrics["val_top1"], metrics["val_computation_pct"]) == (point.accuracy, point.computation)
+        if point.swept:
+            assert d["model"]["gate_threshold"] == point.gate_threshold
+            assert not [k for k in metrics if k.startswith("test_")]          # the sweep measures val only
+            retrain_reproduces(d, tmp_path, ("val_top1", "val_computation_pct", "val_block_count_pct",
+                                              "val_distinct_paths"))
+        else:
+            assert d["model"]["gate_threshold"] == 0.5
+            retrain_reproduces(d, tmp_path, ("val_top1", "val_computation_pct", "val_block_count_pct", "test_top1",
+                                              "test_computation_pct"))
+    assert (f"at gate threshold {other.gate_threshold!r}" in stdout) == other.swept
+
+
+def test_threshold_points_enter_the_front_labelled_and_export_their_threshold():
+    """A trial's curve adds a point per threshold that moves it (``ID@T``, marked swept), which
+    ranks, selects, is described and exports like a trial, with ``model.gate_threshold: T``."""
+    def point(trial_id, accuracy, computation, curve=()):
+        metrics = {"val_top1": accuracy, "val_computation_pct": computation, "test_top1": accuracy, "threads": 1.0,
+                   "gate_threshold": 0.5, "iteration": 8.0}
+        for t, a, c in curve:
+            metrics.update({f"threshold_curve/{t!r}/val_top1": a, f"threshold_curve/{t!r}/val_computation_pct": c})
+        return fronts.TrialPoint("run-" + trial_id, trial_id, "s", "p", accuracy, computation, 4, 8, 10, "done",
+                                 config={"hrl.alpha": "0.5", "model.gate_threshold": "0.5"}, metrics=metrics)
+
+    # b's own point is dominated, its curve is not: 0.35 costs more and gains, 0.7 saves; 0.2 copies 0.35
+    # (of equal points the threshold nearest the trial's own is kept)
+    trials = [point("a", 60.0, 50.0), point("b", 50.0, 60.0, [(0.2, 70.0, 80.0), (0.35, 70.0, 80.0),
+                                                               (0.5, 50.0, 60.0), (0.7, 55.0, 30.0)])]
+    points = [p for t in trials for p in fronts.with_threshold_points(t)]
+    assert [(p.trial_id, p.swept, p.gate_threshold) for p in points] == \
+        [("a", False, 0.5), ("b", False, 0.5), ("b@0.35", True, 0.35), ("b@0.7", True, 0.7)]
+    front = fronts.analyse("s", "p", points)
+    assert [t.trial_id for t in front.front] == ["b@0.7", "a", "b@0.35"]
+    assert tracking.run_ranks(front.trials, front.rank) == {"run-a": 0, "run-b": 0}
+    csv = [row.split(",") for row in fronts.front_csv(front).strip().splitlines()]
+    assert csv[0][7:9] == ["gate_threshold", "swept"] and [r[7:9] for r in csv[1:]] == \
+        [["0.7", "true"], ["0.5", "false"], ["0.35", "true"]]
+    text = fronts.front_markdown(front)
+    assert "| b@0.7 |" in text and "`model.gate_threshold: T`" in text and "# b@0.35" in text
+    chosen = fronts.select(points, trial_id="b@0.7")
+    assert chosen.metrics["val_top1"] == 55.0 and "test_top1" not in chosen.metrics
+    assert fronts.select(points, max_computation=35) is chosen
+    doc = export_document(chosen, dict(TINY_TRAIN), selected_by="test", experiment="e", tracking_uri="sqlite:///x",
+                          checkpoint_uri=None, code_version="test")
+    assert doc["model"]["gate_threshold"] == 0.7 and doc["export"]["trial_id"] == "b@0.7"
+    assert doc["export"]["metrics"]["val_computation_pct"] == 30.0 and doc["threads"] == 1
+    own = export_document(points[0], dict(TINY_TRAIN), selected_by="test", experiment="e", tracking_uri="sqlite:///x",
+                          checkpoint_uri=None, code_version="test")
+    assert own["model"].get("gate_threshold", 0.5) == 0.5
 
 
 def test_export_with_no_trial_meeting_the_constraint(searches, mlflow_server, tmp_path):

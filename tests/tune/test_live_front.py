@@ -80,6 +80,29 @@ def test_live_front_throttles_keeps_each_trials_latest_and_counts_iterations():
     assert again.step == update.step + 2 and len(again.front.trials) == 3
 
 
+def test_a_final_report_with_a_threshold_curve_adds_its_points():
+    """The curve of a trial's final report adds its threshold points (``a@0.2``) to the live
+    front, labelled and on the trial's run, and survive a resume."""
+    live = LiveFront("s", "parent", interval_s=0.0)
+    live.add("b", result(1, 50.0, 40.0))
+    final = dict(result(2, 60.0, 50.0), gate_threshold=0.5, **{
+        "threshold_curve/0.2/val_top1": 70.0, "threshold_curve/0.2/val_computation_pct": 80.0,
+        "threshold_curve/0.5/val_top1": 60.0, "threshold_curve/0.5/val_computation_pct": 50.0,
+        "threshold_curve/0.7/val_top1": 45.0, "threshold_curve/0.7/val_computation_pct": 45.0})
+    live.add("a", final, {"hrl.alpha": 0.1, "model.gate_threshold": 0.5})
+    update = live.update({"a": "run-a", "b": "run-b"})
+    points = {t.trial_id: t for t in update.front.trials}
+    assert sorted(points) == ["a", "a@0.2", "a@0.7", "b"]
+    swept = points["a@0.2"]
+    assert swept.swept and swept.run_id == "run-a" and swept.config["model.gate_threshold"] == "0.2"
+    assert (swept.accuracy, swept.computation) == (70.0, 80.0)
+    assert {t.trial_id for t in update.front.front} == {"a", "a@0.2", "b"}          # a@0.7 is dominated by b
+    assert update.front.hypervolume_pct == pytest.approx(hv([(60.0, 50.0), (70.0, 80.0), (50.0, 40.0)]))
+    resumed = LiveFront("s", "parent")
+    resumed.set_state(json.loads(json.dumps(live.get_state())))                  # the state survives a resume
+    assert sorted(t.trial_id for t in resumed.update().front.trials) == sorted(points)
+
+
 def test_interval_zero_updates_on_every_result():
     live = LiveFront("s", "parent", interval_s=0.0)
     for step in (1, 2, 3):
@@ -173,7 +196,7 @@ def assert_front_shown(client, parent_run_id, when):
         and f"hypervolume {front.hypervolume_pct:.2f} %" in text.splitlines()[0]
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines()
             if line.startswith("| ") and not line.startswith("| trial ")]
-    shown = [re.match(r"\[?([\w-]+)", row[0]).group(1) for row in rows]
+    shown = [re.match(r"\[?([\w@.-]+)", row[0]).group(1) for row in rows]     # threshold points: ID@T
     assert shown == [t.trial_id for t in front.front]
     for t, row in zip(front.front, rows):
         assert row[-3:-1] == [f"{t.accuracy:.2f}", f"{t.computation:.2f}"], t.trial_id
@@ -191,7 +214,7 @@ def assert_front_shown(client, parent_run_id, when):
         picked = fronts.select(trials, max_computation=args.max_computation, min_accuracy=args.min_accuracy,
                                knee=args.knee, trial_id=args.trial)
         assert picked.run_id == t.run_id, (line, picked.trial_id)
-    ranks = {t.run_id: int(r) for t, r in zip(front.trials, front.rank)}
+    ranks = tracking.run_ranks(front.trials, front.rank)       # a trial's best point (its own or ID@T)
     for run_id, rank in ranks.items():
         tags = client.get_run(run_id).data.tags
         assert tags["pareto_rank"] == ("" if rank == pareto.NAN_RANK else str(rank))
@@ -203,4 +226,5 @@ def assert_front_shown(client, parent_run_id, when):
     listed = client.search_runs([experiment.experiment_id], filter_string=state["searchFilter"],
                                 order_by=[f"{state['orderByKey']} {'ASC' if state['orderByAsc'] else 'DESC'}"])
     assert {r.info.run_id for r in listed} == {parent_run_id, *ranks}          # no shared SP run
-    assert {r.info.run_id for r in listed[:len(front.front)]} == {t.run_id for t in front.front}
+    front_runs = {t.run_id for t in front.front}
+    assert {r.info.run_id for r in listed[:len(front_runs)]} == front_runs

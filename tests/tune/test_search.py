@@ -23,7 +23,7 @@ TINY_TRAIN = {
     "data": {"name": "synthetic", "synthetic_size": 600, "synthetic_test_size": 100, "val_size": 100},
     "sp": {"batch_size": 16, "iterations": 4, "lr_milestones": [], "eval_every": 2},
     "hrl": {"batch_size": 16, "iterations": 4, "lr": 0.01, "eval_every": 2},
-    "eval": {"batch_size": 100},
+    "eval": {"batch_size": 100, "gate_thresholds": []},     # no threshold sweep (test_fronts_export's FIFO has one)
 }
 SPACE = {"hrl.alpha": {"type": "loguniform", "low": 1e-3, "high": 1.0},
          "hrl.lr": {"type": "loguniform", "low": 1e-3, "high": 3e-2},
