@@ -42,3 +42,12 @@ def write_json(path: str | Path, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2))
     print(f"wrote {path}")
+
+
+def save_figure(fig, path: str | Path, dpi: int = 110) -> None:
+    """Write a matplotlib figure (tight layout) to ``path``, creating its directory."""
+    path = Path(path)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    print(f"wrote {path}")

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import machine, print_table, write_json
+from _common import machine, print_table, save_figure, write_json
 from scipy.stats import spearmanr
 
 import skipnet.models.skipnet as skipnet_module
@@ -167,10 +167,7 @@ def plot(curves: dict, path: Path) -> None:
                ylabel="val top-1 %", xlim=(0, 102))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    print(f"wrote {path}")
+    save_figure(fig, path, dpi=110)
 
 
 def main() -> None:

@@ -52,7 +52,7 @@ import torch
 from skipnet.config import from_dict, load_train_config
 from skipnet.pareto import hypervolume_2d, is_pareto_front
 from skipnet.train import Engine
-from _common import machine, print_table, write_json
+from _common import machine, print_table, save_figure, write_json
 
 NUM_CLASSES = 10                                  # the synthetic data set (skipnet/data.py)
 PROBLEMS = {                                      # network and the alpha range its gates respond to
@@ -235,10 +235,7 @@ def plot(runs: dict, target_hv: float, fifo_compute: int, budget: float, path: P
     ax2.set_ylabel("val top-1 %")
     ax2.set_title("Final Pareto fronts (all reported points)")
     ax2.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    print(f"wrote {path}")
+    save_figure(fig, path, dpi=120)
 
 
 def main() -> None:
