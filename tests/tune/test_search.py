@@ -95,7 +95,7 @@ def decisions(summary) -> list[dict]:
 
 def saved_digests(summary, trial_id) -> set[str]:
     """The weights digest of every checkpoint a trial saved."""
-    trial_dir = next(p for p in Path(summary.path).iterdir() if trial_id in p.name)
+    trial_dir = next(p for p in Path(summary.path).iterdir() if p.is_dir() and trial_id in p.name)   # not pbt_policy_*.txt
     return {weights_digest(torch.load(f, map_location="cpu", weights_only=False)["model"])
             for f in trial_dir.glob("checkpoint_*/engine.pt")}
 
