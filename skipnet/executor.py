@@ -9,6 +9,9 @@ forward nor backward through the block (BN batch statistics then come from execu
 """
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 from torch import Tensor, nn
 
@@ -44,16 +47,29 @@ def execute(model: nn.Module, images: Tensor, decisions: Tensor | None = None, *
     computation at a chosen level). ``threshold`` overrides the model's ``gate_threshold`` (a
     block executes when its gate's probability exceeds it) for this call only.
     """
-    was_training, saved = model.training, getattr(model, "gate_threshold", 0.5)
-    if threshold is not None:
-        if not 0 < threshold < 1:
-            from skipnet.errors import ConfigError
-            raise ConfigError("threshold", threshold, "a number strictly between 0 and 1")
-        model.gate_threshold = float(threshold)
+    if threshold is not None and not 0 < threshold < 1:
+        from skipnet.errors import ConfigError
+        raise ConfigError("threshold", threshold, "a number strictly between 0 and 1")
+    was_training = model.training
     model.eval()
     try:
-        return model(images, skip_compute=True, decisions=decisions)
+        with at_threshold(model, threshold):
+            return model(images, skip_compute=True, decisions=decisions)
     finally:
         model.train(was_training)
-        if threshold is not None:
-            model.gate_threshold = saved
+
+
+@contextlib.contextmanager
+def at_threshold(model: nn.Module, threshold: float | None) -> Iterator[None]:
+    """``model`` decides at gate ``threshold`` inside the block (None: its own), at its own
+    afterwards. Engines apply ``model.gate_threshold`` this way, only while they evaluate, so
+    that no training decision (a step may run the model in eval mode) ever sees it."""
+    if threshold is None:
+        yield
+        return
+    saved = getattr(model, "gate_threshold", 0.5)
+    model.gate_threshold = float(threshold)
+    try:
+        yield
+    finally:
+        model.gate_threshold = saved

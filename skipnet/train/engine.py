@@ -23,7 +23,8 @@ from skipnet.data import DataSplits, build_splits, train_batches
 from skipnet.errors import CheckpointError, ConfigError
 from skipnet.flops import block_costs
 from skipnet.models import GateMode, create_model
-from skipnet.train.evaluate import at_threshold, evaluate, threshold_curve
+from skipnet.executor import at_threshold
+from skipnet.train.evaluate import evaluate, threshold_curve
 from skipnet.train.steps import StepMetrics, hrl_step, supervised_step
 
 

@@ -15,8 +15,7 @@ several gate thresholds: every trained model is a curve, not a point.
 """
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +23,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from skipnet.data import difficulty, eval_batches
+from skipnet.executor import at_threshold
 from skipnet.flops import BlockCosts, block_count_pct
 from skipnet.train.steps import autocast
 
@@ -147,19 +147,6 @@ def _average_ranks(x: Tensor) -> Tensor:
     _, inverse, counts = torch.unique(x, sorted=True, return_inverse=True, return_counts=True)
     ends = counts.cumsum(0).to(torch.float64)
     return (ends - (counts.to(torch.float64) - 1) / 2)[inverse]
-
-
-@contextlib.contextmanager
-def at_threshold(model: nn.Module, threshold: float) -> Iterator[None]:
-    """``model`` decides at gate ``threshold`` inside the block, at its own afterwards. Engines
-    apply ``model.gate_threshold`` this way, only while they evaluate, so that no training
-    decision (a step may run the model in eval mode, e.g. a greedy baseline) ever sees it."""
-    saved = getattr(model, "gate_threshold", 0.5)
-    model.gate_threshold = float(threshold)
-    try:
-        yield
-    finally:
-        model.gate_threshold = saved
 
 
 def curve_key(threshold: float, name: str, split: str = "val") -> str:
