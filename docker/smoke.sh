@@ -117,7 +117,7 @@ need() {   # need NAME HOW-TO-INSTALL COMMAND...: COMMAND must succeed
 }
 prerequisites() {
     need podman "apt-get install podman runc" "$PODMAN" --version
-    need podman-compose "pip install podman-compose==1.6.0 (it is in requirements.txt)" "$PODMAN_COMPOSE" --version
+    need podman-compose "pip install podman-compose==1.6.0 (it is in requirements.txt)" "$PODMAN_COMPOSE" --help
     need "skipnet on the host" "bash scripts/setup.sh" "$SKIPNET" --help
     need "the host's python with pip" "bash scripts/setup.sh" "$PYTHON" -m pip --version
     if ! "$PODMAN" image exists "$ROOTFS_IMAGE" 2>/dev/null; then

@@ -172,8 +172,9 @@ def test_pbt_population_of_four_exploits_within_each_gate_family(tmp_path, mlflo
 def test_mopbt_exploits_by_pareto_rank_and_keeps_a_spread_front(tmp_path, mlflow_server, local_ray):
     mutations = tmp_path / "mutations.yaml"
     mutations.write_text("hrl.lr: {type: loguniform, low: 5.0e-3, high: 2.0e-2}\n"
-                         "hrl.alpha: {type: loguniform, low: 1.0, high: 8.0}\n")
-    space = {"hrl.alpha": {"type": "loguniform", "low": 1.0, "high": 8.0},
+                         "hrl.alpha: {type: loguniform, low: 0.3, high: 3.0}\n")
+    # alpha from 3 up skips every block within this test's 16 HRL iterations (SP reaches ~45 %)
+    space = {"hrl.alpha": {"type": "loguniform", "low": 0.3, "high": 3.0},
              "hrl.lr": {"type": "loguniform", "low": 5e-3, "high": 2e-2}}
     # an SP good enough that alpha trades accuracy for computation, shared by the population
     train = dict(TINY_TRAIN, model={"arch": "cifar10_skipnet_20_recurrent"},
@@ -186,7 +187,7 @@ def test_mopbt_exploits_by_pareto_rank_and_keeps_a_spread_front(tmp_path, mlflow
     assert summary.errors == 0
     results = trial_results(summary)
     assert len(results) == 6
-    check_exploits(summary, results, (1.0, 8.0), (5e-3, 2e-2))
+    check_exploits(summary, results, (0.3, 3.0), (5e-3, 2e-2))
     reported = {tid: {(r["val_top1"], r["val_computation_pct"]) for r in rows} for tid, rows in results.items()}
     for d in decisions(summary):                  # replay: the rule gives the recorded quantiles
         ids = list(d["points"])
