@@ -101,8 +101,10 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """
     from skipnet import storage
     if not storage.is_uri(path):
+        path = checkpoint_file(path)
         return _read_local(Path(path), str(Path(path)))
     try:
+        path = checkpoint_file(path)
         with storage.local_copy(path) as local:
             return _read_local(Path(local), path)
     except FileNotFoundError:
@@ -112,10 +114,36 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path}: cannot be fetched ({first})") from None
 
 
+_TUNE_CHECKPOINT = re.compile(r"checkpoint_(\d+)$")
+
+
+def checkpoint_file(path: str | os.PathLike) -> str:
+    """The checkpoint file ``path`` names: a file as it is; a Tune checkpoint directory's
+    ``engine.pt``; a trial directory's last checkpoint (the highest ``checkpoint_NNNNNN``).
+    A search directory, or a directory holding none of these, is a one-line ``CheckpointError``
+    saying what was expected. Local paths and storage URIs alike (``skipnet.storage``)."""
+    from skipnet import storage
+    path = str(path)
+    if not storage.is_dir(path):
+        return path                                # a file, or nothing: the reader says which
+    if storage.exists(storage.join(path, TUNE_CHECKPOINT_FILE)):
+        return storage.join(path, TUNE_CHECKPOINT_FILE)
+    names = storage.list_dir(path)
+    numbered = sorted((int(m.group(1)), n) for n in names if (m := _TUNE_CHECKPOINT.match(n)))
+    for _, name in reversed(numbered):
+        if storage.exists(storage.join(path, name, TUNE_CHECKPOINT_FILE)):
+            return storage.join(path, name, TUNE_CHECKPOINT_FILE)
+    trials = [n for n in names if storage.is_dir(storage.join(path, n))
+              and any(_TUNE_CHECKPOINT.match(c) for c in storage.list_dir(storage.join(path, n)))]
+    if trials:
+        raise CheckpointError(f"checkpoint {path}: a search directory ({len(trials)} trials with checkpoints); "
+                              f"name one trial's directory (its last checkpoint), e.g. {storage.join(path, trials[0])}")
+    raise CheckpointError(f"checkpoint {path}: a directory holding no checkpoint; expected a .pt file, a Tune "
+                          f"checkpoint directory (with {TUNE_CHECKPOINT_FILE}) or a trial directory holding them")
+
+
 def _read_local(path: Path, shown: str) -> dict[str, Any]:
     """``read_checkpoint`` of a local file or checkpoint directory; messages name ``shown``."""
-    if path.is_dir() and (path / TUNE_CHECKPOINT_FILE).is_file():
-        path, shown = path / TUNE_CHECKPOINT_FILE, f"{shown.rstrip('/')}/{TUNE_CHECKPOINT_FILE}"
     if not path.is_file():
         raise CheckpointError(f"checkpoint: no such file: {shown}")
     with open(path, "rb") as f:
@@ -224,6 +252,26 @@ def checkpoint_gate_kind(source: str | os.PathLike | Mapping[str, Any]) -> GateK
     if "1" in parts:
         return GateKind.RECURRENT
     return None
+
+
+def recorded_model(ckpt: Mapping[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """What network a checkpoint holds, as ``create_model(arch, **overrides)`` rebuilds it.
+
+    The one place that reads a file's architecture and gates: ours record both (``info.arch``,
+    ``info.gate``; a training checkpoint's ``config`` adds ``model.gate_norm``), so a model whose
+    config overrode ``model.gate`` comes back with those gates whatever its architecture's name
+    says; the authors' files give ``arch`` when they hold it and their gates' key layout.
+    ``arch`` is None when the file records none (then the caller must name one).
+    """
+    info = ckpt.get("info") if ckpt.get("format") == FORMAT else None
+    info = info if isinstance(info, Mapping) else {}
+    model_cfg = (ckpt.get("config") or {}).get("model") or {}
+    arch = info.get("arch") or model_cfg.get("arch") or (ckpt.get("arch") if is_authors_layout(ckpt) else None)
+    kind = checkpoint_gate_kind(ckpt)
+    overrides: dict[str, Any] = {"gate": "none" if kind is None else kind.value}
+    if isinstance(model_cfg.get("gate_norm"), bool):
+        overrides["gate_norm"] = model_cfg["gate_norm"]
+    return (arch if isinstance(arch, str) else None), overrides
 
 
 def _gates(kind: GateKind | None) -> str:

@@ -67,7 +67,11 @@ def cmd_train(args: argparse.Namespace) -> int:
                   f"computation {m['val_computation_pct']:.1f}%  blocks {m['val_block_count_pct']:.1f}%  "
                   f"{m['train_images_per_s']:.0f} img/s")
 
-    final = fit(cfg, resume=args.resume, on_step=on_step, on_eval=on_eval)
+    def on_finished_already(last, iteration):
+        print(f"skipnet train: {last} had already finished (iteration {iteration} of {total}): nothing left "
+              "to train; its final evaluation follows", file=sys.stderr)
+
+    final = fit(cfg, resume=args.resume, on_step=on_step, on_eval=on_eval, on_finished_already=on_finished_already)
     bar.close()
     print(f"\n{cfg.model.arch} ({cfg.stage}) -> {cfg.output_dir}")
     print(_table([(k, final[k]) for k in _SUMMARY if k in final]))
@@ -104,7 +108,7 @@ class _ProgressLines:
 def cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
-    from skipnet.checkpoint import is_authors_layout, load_checkpoint, read_checkpoint
+    from skipnet.checkpoint import is_authors_layout, load_checkpoint, read_checkpoint, recorded_model
     from skipnet.config import DataConfig, from_dict
     from skipnet.data import build_splits
     from skipnet.flops import block_costs
@@ -121,7 +125,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     except CheckpointError as e:
         raise CheckpointError(f"--checkpoint: {e}") from None
     saved = ckpt.get("config") or {}
-    arch = args.arch or (ckpt.get("info") or {}).get("arch") or saved.get("model", {}).get("arch")
+    recorded_arch, recorded = recorded_model(ckpt)
+    arch = args.arch or recorded_arch
     if not arch:
         from skipnet.errors import ConfigError
         raise ConfigError("--arch", None, "an architecture name: this checkpoint does not record one "
@@ -135,7 +140,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     splits = build_splits(dc.name, dc.root, val_size=dc.val_size, seed=saved.get("seed", 0),
                           image_size=dc.image_size, synthetic_size=dc.synthetic_size,
                           synthetic_test_size=dc.synthetic_test_size)
-    model = create_model(arch, num_classes=splits.num_classes)
+    # the checkpoint's own gates unless --arch names another network (then its gates, checked below)
+    overrides = recorded if not args.arch else {k: v for k, v in recorded.items() if k != "gate"}
+    model = create_model(arch, num_classes=splits.num_classes, **overrides)
     model.gate_threshold = _eval_threshold(args.gate_threshold, saved)
     try:
         load_checkpoint(model, args.checkpoint, checkpoint=ckpt)       # read once (an s3:// file: fetched once)
@@ -149,7 +156,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                        top5=splits.name == "imagenet", num_workers=dc.num_workers)
     skip = metrics.pop(f"{args.split}_skip_ratio", None)
     at = f", gate threshold {model.gate_threshold:g}" if model.gate_spec is not None else ""
-    print(f"{arch} on {splits.name}/{args.split} ({len(dataset)} images{at})")
+    print(f"{model.arch} on {splits.name}/{args.split} ({len(dataset)} images{at})")
     print(_table(list(metrics.items())))
     if skip is not None:
         print("  skip ratio per gate: " + " ".join(f"{s:.2f}" for s in skip))
@@ -199,7 +206,8 @@ def _print_summary(summary) -> None:
     for label, link in _ui_links(summary):
         print(f"  {label}: {link}")
     uri = "" if summary.tracking_uri == default_tracking_uri() else f" --tracking-uri {summary.tracking_uri}"
-    print(f"compare fronts: skipnet pareto {summary.search_id}{uri}")
+    print(f"compare fronts: skipnet pareto {summary.search_id}{uri}   (this search's front; with another search "
+          f"overlaid: skipnet pareto {summary.search_id} OTHER_SEARCH_ID{uri})")
     if knee is not None:
         print(f"export the knee: skipnet export {summary.search_id}{uri} --knee -o best.yaml   "
               f"(then: skipnet train --config best.yaml)")

@@ -89,5 +89,25 @@ def create_model(name: str, **overrides) -> nn.Module:
     """
     canonical = resolve_name(name)
     model = _MODELS[canonical](**{k: v for k, v in overrides.items() if v is not None})
-    model.arch = canonical
+    model.arch = _name_of_built(canonical, model)
     return model
+
+
+def _name_of_built(canonical: str, model: nn.Module) -> str:
+    """The registered name that says what ``model`` is: ``canonical``, unless a ``gate``
+    override changed its gate kind; then the name registered for the same network with that
+    gate (ours, ``..._skipnet_{depth}_{gate}``, first), so that a checkpoint's recorded
+    architecture never contradicts the gates it holds. ``canonical`` when there is none."""
+    spec = getattr(model, "gate_spec", None)
+    kind = None if spec is None else spec.kind
+    if kind == registered_gate_kind(canonical):
+        return canonical
+    defaults = getattr(_MODELS[canonical], "defaults", None)
+    if not isinstance(defaults, dict):
+        return canonical
+    want = {k: v for k, v in defaults.items() if k not in ("gate", "mode")}
+    matches = [n for n, fn in _MODELS.items() if isinstance(getattr(fn, "defaults", None), dict)
+               and {k: v for k, v in fn.defaults.items() if k not in ("gate", "mode")} == want
+               and registered_gate_kind(n) == kind]
+    matches.sort(key=lambda n: ("_skipnet_" not in n and "_resnet_" not in n, _natural_key(n)))
+    return matches[0] if matches else canonical

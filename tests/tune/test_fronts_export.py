@@ -391,6 +391,33 @@ def test_threshold_points_enter_the_front_labelled_and_export_their_threshold():
     assert own["model"].get("gate_threshold", 0.5) == 0.5
 
 
+def test_eval_of_each_trial_directory_gives_the_trial_metrics(searches, tmp_path):
+    """The FIFO search names a recurrent architecture (cifar10_rnn_gate_38) and overrides
+    ``model.gate``: ``skipnet eval`` of a trial's directory (its last checkpoint), without any
+    other flag, rebuilds that trial's gates and reports its validation metrics; the checkpoint
+    names the architecture it holds; the search directory gets one line naming a trial's."""
+    import torch
+    fifo = searches["fifo"]
+    rows = {r["config"]["model"]["gate"]: r for r in fifo.trials if not r["error"]}
+    assert set(rows) == {"feedforward_conv", "recurrent"}, "the search has no trial of one gate type"
+    for gate, row in rows.items():
+        trial_dir = next(p for p in Path(fifo.path).iterdir() if p.is_dir() and row["trial_id"] in p.name)
+        last = max(trial_dir.glob("checkpoint_*"))
+        info = torch.load(last / "engine.pt", weights_only=True)["info"]
+        arch = "cifar10_rnn_gate_38" if gate == "recurrent" else f"cifar10_skipnet_38_{gate}"
+        assert (info["arch"], info["gate"]) == (arch, gate)
+        result = skipnet("eval", "--checkpoint", str(trial_dir), "--split", "val", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert result.stdout.startswith(f"{arch} on synthetic/val"), result.stdout
+        shown = dict(line.split()[:2] for line in result.stdout.splitlines()[1:] if line.startswith("  val_"))
+        assert float(shown["val_top1"]) == pytest.approx(row["val_top1"], abs=6e-4), gate
+        assert float(shown["val_computation_pct"]) == pytest.approx(row["val_computation_pct"], abs=6e-4), gate
+    result = skipnet("eval", "--checkpoint", fifo.path, cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "a search directory" in result.stderr
+    assert "name one trial's directory" in result.stderr, result.stderr
+
+
 def test_export_with_no_trial_meeting_the_constraint(searches, mlflow_server, tmp_path):
     out = tmp_path / "best.yaml"
     result = skipnet("export", searches["fifo"].search_id, "--max-computation", "0.001", "-o", str(out),
