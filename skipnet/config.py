@@ -9,6 +9,7 @@ the same dotted keys. ``from_dict`` is generic over dataclasses, so the search l
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -307,6 +308,23 @@ def set_dotted(d: dict, key: str, value: Any) -> dict:
     return d
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's floats: ``1e-3`` (no dot) is a number, as every
+    user means it (YAML 1.1 reads it as a string). So a string is always one the user quoted,
+    and every config value goes through one type check (``from_dict``): a quoted number is
+    refused in training configs, experiments and search spaces alike."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text as every skipnet file and ``--set`` value is parsed (``_Loader``)."""
+    return yaml.load(text, Loader=_Loader)
+
+
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:
     """``["hrl.alpha=0.05", "model.gate=recurrent"]`` -> dotted dict; values parsed as YAML."""
     out = {}
@@ -315,7 +333,7 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
             raise ConfigError("--set", item, "key=value (for example hrl.alpha=0.05)")
         key, raw = item.split("=", 1)
         try:
-            out[key.strip()] = yaml.safe_load(raw)
+            out[key.strip()] = load_yaml(raw)
         except yaml.YAMLError:
             out[key.strip()] = raw
     return out
@@ -329,7 +347,7 @@ def read_yaml(path: str | Path, key: str = "--config") -> dict:
     if not path.is_file():
         raise ConfigError(key, str(path), "an existing YAML file")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"

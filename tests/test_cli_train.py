@@ -45,6 +45,21 @@ def test_train_writes_checkpoints_metrics_and_table(trained):
     assert all("img/s" in line and "ETA" in line for line in progress) and "\r" not in result.stdout
 
 
+def test_resume_of_a_finished_run_says_so(trained):
+    """``--resume`` of a run that has nothing left to train says so (and that nothing was
+    trained), then prints its final evaluation, unchanged."""
+    out, first = trained
+    before = (out / "metrics.jsonl").read_text()
+    result = run("train", "--config", "experiments/quickstart_train.yaml", "--set", f"output_dir={out}",
+                 *TINY, "--resume")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.strip() == (f"skipnet train: {out / 'last.pt'} had already finished (iteration 6 of 6): "
+                                     "nothing left to train; its final evaluation follows"), result.stderr
+    assert (out / "metrics.jsonl").read_text() == before
+    table = lambda text: [line for line in text.splitlines() if line.startswith("  val_")]  # noqa: E731
+    assert table(result.stdout) == table(first.stdout)
+
+
 def test_eval_of_our_checkpoint(trained):
     out, _ = trained
     result = run("eval", "--checkpoint", str(out / "best.pt"), "--split", "val")

@@ -22,12 +22,18 @@ from skipnet.train.engine import Engine
 
 
 def fit(cfg: TrainConfig, *, resume: bool = False, on_step: Callable | None = None,
-        on_eval: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Train ``cfg`` to the end (continuing ``output_dir/last.pt`` when ``resume``); final metrics."""
+        on_eval: Callable[[dict[str, Any]], None] | None = None,
+        on_finished_already: Callable[[Path, int], None] | None = None) -> dict[str, Any]:
+    """Train ``cfg`` to the end (continuing ``output_dir/last.pt`` when ``resume``); final metrics.
+
+    ``on_finished_already(last.pt, iteration)`` is called when a resumed run had nothing left to
+    train (it is evaluated again, as at its end)."""
     threads.configure(cfg.threads)           # the config's count, else one per usable CPU (skipnet.threads)
     out = Path(cfg.output_dir)
     last, best = out / "last.pt", out / "best.pt"
     engine = Engine.restore(last, cfg) if resume and last.exists() else Engine(cfg)
+    if resume and last.exists() and engine.done and on_finished_already is not None:
+        on_finished_already(last, engine.global_iteration)
     out.mkdir(parents=True, exist_ok=True)        # only once the config has proved buildable
     write_text_atomic(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     best_top1 = read_checkpoint(best).get("best_val_top1", float("-inf")) if resume and best.exists() else float("-inf")

@@ -272,22 +272,10 @@ def _parse(key: str, spec: Any) -> Distribution:
                  f"absent: {kind} takes only type, {', '.join(names)}")
     for name in names:
         _require(name in spec, f"{key}.{name}", None, f"set: {kind} needs {', '.join(names)}")
-    hints = typing.get_type_hints(cls)
-    params = {n: _yaml_number(spec[n]) if hints[n] is float else spec[n] for n in names}
-    dist = from_dict(cls, params, key)
+    dist = from_dict(cls, {n: spec[n] for n in names}, key)
     dist.check(key)
     _check_against_config(key, dist)
     return dist
-
-
-def _yaml_number(value: Any) -> Any:
-    """PyYAML reads ``1e-3`` (no dot) as a string; accept it as the number it plainly is."""
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    return value
 
 
 def _check_against_config(key: str, dist: Distribution) -> None:

@@ -97,6 +97,20 @@ def test_yaml_exponent_without_dot_is_a_number(tmp_path):
     assert SearchSpace.from_yaml(path).params["hrl.alpha"] == LogUniform(1e-3, 1.0)
 
 
+def test_a_quoted_exponent_is_a_string_everywhere(tmp_path):
+    """One reader for every file: ``1e-3`` is a number in a training config and a search space
+    alike, and the same value quoted is a string, refused as a number in both."""
+    from skipnet.config import load_train_config
+    (tmp_path / "t.yaml").write_text("hrl: {lr: 1e-3}\n")
+    assert load_train_config(tmp_path / "t.yaml").hrl.lr == 1e-3
+    (tmp_path / "q.yaml").write_text('hrl: {lr: "1e-3"}\n')
+    with pytest.raises(ConfigError, match=r"hrl.lr: must be a number .*'1e-3'"):
+        load_train_config(tmp_path / "q.yaml")
+    (tmp_path / "s.yaml").write_text('hrl.alpha: {type: loguniform, low: "1e-3", high: 1}\n')
+    with pytest.raises(ConfigError, match=r"hrl.alpha.low: must be a number .*'1e-3'"):
+        SearchSpace.from_yaml(tmp_path / "s.yaml")
+
+
 @settings(max_examples=50, deadline=None)
 @given(low=st.floats(1e-6, 1.0), ratio=st.floats(1.01, 1e3),
        gate=st.sampled_from(["recurrent", "feedforward_conv"]))
