@@ -119,7 +119,7 @@ def test_hrl_run_names_both_gate_types(sp_dir):
     cfg = load_train_config(None, {"stage": "hrl", "model.gate": "feedforward_conv", "hrl.init_checkpoint":
                                    str(sp_dir / "sp.pt"), **{f"data.{k}": v for k, v in DATA.items()}})
     with pytest.raises(CheckpointError, match=r"^hrl.init_checkpoint: checkpoint .*sp.pt \(architecture "
-                                              r"'cifar10_rnn_gate_38'\) does not match cifar10_rnn_gate_38: the "
+                                              r"'cifar10_rnn_gate_38'\) does not match cifar10_skipnet_38_feedforward_conv: the "
                                               r"checkpoint holds recurrent gates, the model has feedforward_conv "
                                               r"gates: set model.gate to recurrent") as err:
         Engine(cfg)

@@ -262,7 +262,7 @@ def test_recurrent_checkpoint_into_feedforward_model_names_both_gate_types(tmp_p
     skipnet.save_checkpoint(skipnet.create_model("cifar10_rnn_gate_38"), tmp_path / "sp.pt")
     model = skipnet.create_model("cifar10_rnn_gate_38", gate="feedforward_conv")   # model.gate override
     with pytest.raises(CheckpointError, match=r"sp.pt \(architecture 'cifar10_rnn_gate_38'\) does not match "
-                       r"cifar10_rnn_gate_38: the checkpoint holds recurrent gates, the model has "
+                       r"cifar10_skipnet_38_feedforward_conv: the checkpoint holds recurrent gates, the model has "
                        r"feedforward_conv gates: set model.gate to recurrent or use an SP checkpoint of "
                        r"feedforward_conv gates$") as err:
         skipnet.load_checkpoint(model, tmp_path / "sp.pt")
