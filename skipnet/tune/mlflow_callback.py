@@ -112,7 +112,9 @@ class MLflowSearchCallback(tune.Callback):
         return run_id
 
     def setup(self, **info) -> None:                 # each fit, a resumed one included
+        from skipnet.tune.stopping import forward_to_tune
         self._ran = False
+        forward_to_tune()                            # stopped while this fit was starting: Tune's stop now
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         self._ran = True

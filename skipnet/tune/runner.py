@@ -285,6 +285,7 @@ def _run_phases(exp: ExperimentConfig, search_id: str, path: str, parent: str, u
     shared = None
     if plan is not None:
         sp_path = f"{path.rstrip('/')}/{SP_DIR}"
+        stopping.check(path)                          # stopped before the phase: it does not start
         if resume and tune.Tuner.can_restore(sp_path):
             sp_tuner = tune.Tuner.restore(sp_path, trainable=_trainable(exp, sp_phase=True),
                                           resume_unfinished=True, resume_errored=True)
@@ -299,6 +300,7 @@ def _run_phases(exp: ExperimentConfig, search_id: str, path: str, parent: str, u
                                    param_space=param_space, resume_unfinished=True, resume_errored=True)
     else:
         tuner = build_tuner(exp, search_id, parent, uri, plan=plan, shared=shared)
+    stopping.check(path)
     results = tuner.fit()
     stopping.check(path)
     summary = _summary(results, search_id, path, parent, uri)
