@@ -121,6 +121,8 @@ class MLflowSearchCallback(tune.Callback):
         self._mirror("a trial start", lambda: self.tracker.reopen(self._run(trial)))   # KILLED: resumed
 
     def on_trial_result(self, iteration, trials, trial, result: dict[str, Any], **info) -> None:
+        from skipnet.tune import cost
+        cost.count(result)                           # what the search paid, whether MLflow answers or not
         self._mirror("a result", self._log_result, trial, result)
         if self.live is not None:
             self._add_to_front(trial, result)
