@@ -543,12 +543,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from skipnet.tune import stopping
+    stopping.PROGRAM["name"] = f"skipnet {args.command}"     # the line a second Ctrl-C prints
     try:
         return args.func(args)
     except SkipNetError as e:
         stopped = getattr(e, "signum", None)            # SearchInterrupted: stopped on purpose, resumable
         if stopped:
-            _end_ray()
+            try:
+                _end_ray()
+            except KeyboardInterrupt:                   # a second Ctrl-C while Ray shuts down: stop now
+                pass
             print(f"skipnet {args.command}: {e}", file=sys.stderr)
             return 128 + stopped
         print(f"skipnet {args.command}: error: {e}", file=sys.stderr)

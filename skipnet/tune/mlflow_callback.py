@@ -112,13 +112,17 @@ class MLflowSearchCallback(tune.Callback):
         return run_id
 
     def setup(self, **info) -> None:                 # each fit, a resumed one included
+        from skipnet.tune.stopping import forward_to_tune
         self._ran = False
+        forward_to_tune()                            # stopped while this fit was starting: Tune's stop now
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         self._ran = True
         self._mirror("a trial start", lambda: self.tracker.reopen(self._run(trial)))   # KILLED: resumed
 
     def on_trial_result(self, iteration, trials, trial, result: dict[str, Any], **info) -> None:
+        from skipnet.tune import cost
+        cost.count(result)                           # what the search paid, whether MLflow answers or not
         self._mirror("a result", self._log_result, trial, result)
         if self.live is not None:
             self._add_to_front(trial, result)

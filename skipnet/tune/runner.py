@@ -2,8 +2,8 @@
 
 ``run_search`` starts a new search, ``resume_search`` continues an interrupted one from its
 storage directory (``Tuner.restore``); both return a ``SearchSummary``. The search directory
-holds ``skipnet_search.json`` (the experiment and the MLflow parent run id), so a resume logs
-into the same parent and child runs. A pipeline search that can share SP runs its SP phase
+holds ``skipnet_search.json`` (the experiment, the MLflow parent run id and what each part of
+the search cost: ``skipnet.tune.cost``), so a resume logs into the same parent and child runs. A pipeline search that can share SP runs its SP phase
 first, in ``<search>/sp`` (``skipnet.tune.sharing``); a resume reuses every finished SP and
 continues an interrupted one from its checkpoint.
 """
@@ -20,12 +20,12 @@ from typing import Any
 from skipnet import storage
 from skipnet.config import from_dict, to_dict
 from skipnet.errors import ConfigError, SkipNetError
+from skipnet.tune.cost import SEARCH_FILE
 from skipnet.tune.experiment import PBT_TYPES, ExperimentConfig
 from skipnet.tune.sharing import SP_DIR, SPPlan, plan_sharing, sp_key
 from skipnet.tune.spaces import (SearchSpace, constants, to_optuna_distributions,
                                  to_pbt_mutations, to_tune_space)
 
-SEARCH_FILE = "skipnet_search.json"
 MO_METRICS, MO_MODES = ["val_top1", "val_computation_pct"], ["max", "min"]
 
 
@@ -276,15 +276,32 @@ def _shared_sp(exp: ExperimentConfig, results, tracking_uri: str, parent_run_id:
 
 def _run_phases(exp: ExperimentConfig, search_id: str, path: str, parent: str, uri: str, *,
                 plan: SPPlan | None, resume: bool) -> SearchSummary:
-    """The SP phase (when ``plan`` shares SP), then the searched trials; new or resumed."""
+    """The SP phase (when ``plan`` shares SP), then the searched trials; new or resumed. What this
+    part of the search costs is added to the search's (``skipnet.tune.cost``), however it ends."""
+    from skipnet.tune import cost
+    from skipnet.tune.stopping import SearchInterrupted
+    cost.start_part(path, parent, uri)
+    try:
+        summary = _phases(exp, search_id, path, parent, uri, plan=plan, resume=resume)
+    except SearchInterrupted:
+        cost.end_part("stopped")
+        raise
+    except BaseException:
+        cost.end_part("failed")
+        raise
+    cost.end_part("finished")
+    return summary
+
+
+def _phases(exp: ExperimentConfig, search_id: str, path: str, parent: str, uri: str, *,
+            plan: SPPlan | None, resume: bool) -> SearchSummary:
     from ray import tune
 
     from skipnet.tune import stopping
-    started = time.monotonic()
-    spent = _spent(path) if resume else None        # a resume that trains nothing logs no cost
     shared = None
     if plan is not None:
         sp_path = f"{path.rstrip('/')}/{SP_DIR}"
+        stopping.check(path)                          # stopped before the phase: it does not start
         if resume and tune.Tuner.can_restore(sp_path):
             sp_tuner = tune.Tuner.restore(sp_path, trainable=_trainable(exp, sp_phase=True),
                                           resume_unfinished=True, resume_errored=True)
@@ -299,12 +316,11 @@ def _run_phases(exp: ExperimentConfig, search_id: str, path: str, parent: str, u
                                    param_space=param_space, resume_unfinished=True, resume_errored=True)
     else:
         tuner = build_tuner(exp, search_id, parent, uri, plan=plan, shared=shared)
+    stopping.check(path)
     results = tuner.fit()
     stopping.check(path)
     summary = _summary(results, search_id, path, parent, uri)
     summary.sp_runs = len(shared.checkpoints) if shared else 0
-    if not resume or _spent(path) != spent:
-        _log_cost(exp, path, parent, uri, time.monotonic() - started)
     return summary
 
 
@@ -329,7 +345,7 @@ def run_search(exp: ExperimentConfig, *, address: str | None = None) -> SearchSu
     except SkipNetError:                           # storage refused: the parent run says the search failed
         tracker.end_search("FAILED")
         raise
-    with on_stop_signals(tracker, path):
+    with on_stop_signals(tracker, path, before_exit=_stopped_at_once):
         return _run_phases(exp, search_id, path, parent, tracker.uri, plan=plan_sharing(exp, space)[0], resume=False)
 
 
@@ -339,7 +355,8 @@ def resume_search(path: str, *, address: str | None = None) -> SearchSummary:
     A search stopped on purpose (its MLflow runs ``KILLED``) has its parent run reopened; the
     callback reopens each trial's run as the trial continues. Resuming a finished search trains
     nothing and leaves MLflow as it was: the parent run keeps its end time and the search's
-    cost is not logged again (``MLflowSearchCallback`` and ``_run_phases`` see that no trial ran)."""
+    cost is not logged again (``MLflowSearchCallback`` sees that no trial ran, ``skipnet.tune.cost``
+    that nothing trained). A stopped search's cost adds up over its run and every resume."""
     from ray import tune
 
     from skipnet.tracking import SearchTracker
@@ -358,14 +375,16 @@ def resume_search(path: str, *, address: str | None = None) -> SearchSummary:
     except Exception as e:                         # MLflow down: the search goes on, sync-mlflow later
         import logging
         logging.getLogger(__name__).warning("MLflow unreachable (%s): the resumed runs are not reopened", e)
-    with on_stop_signals(tracker, str(path)):
+    with on_stop_signals(tracker, str(path), before_exit=_stopped_at_once):
         return _run_phases(exp, meta["search_id"], str(path), meta["parent_run_id"], meta["tracking_uri"],
                            plan=plan, resume=True)
 
 
 def search_cost(path: str) -> dict[str, float]:
-    """Training iterations a search actually ran, by stage, read from every result Tune stored
-    (SP phase included; a step redone after a restore counts again, since it was paid again)."""
+    """Training iterations a search ran, by stage, read from every result Tune stored (SP phase
+    included; a step redone after a restore counts again, since it was paid again). What the
+    parent run logs as the search's cost is ``skipnet.tune.cost``'s ledger, summed over the
+    search's parts: Tune's files can lose rows that were paid for (see there)."""
     cost = {"sp": 0.0, "hrl": 0.0}
     for text in storage.read_all(path, "result.json").values():
         for line in text.splitlines():
@@ -378,14 +397,6 @@ def search_cost(path: str) -> dict[str, float]:
     return cost
 
 
-def _spent(path: str) -> dict[str, float] | None:
-    """``search_cost`` of ``path``, or None where it cannot be read."""
-    try:
-        return search_cost(path)
-    except Exception:                                  # bookkeeping never fails a search
-        return None
-
-
 def _sp_iterations(exp: ExperimentConfig, search_id: str) -> float:
     """Training iterations the search's shared SP phase ran (0 where they cannot be read)."""
     try:
@@ -394,20 +405,10 @@ def _sp_iterations(exp: ExperimentConfig, search_id: str) -> float:
         return 0.0
 
 
-def _log_cost(exp: ExperimentConfig, path: str, parent: str, uri: str, wall_s: float) -> None:
-    """What the search cost, on its parent run: iterations by stage and wall time (summed over resumes)."""
-    from skipnet.tracking import SearchTracker
-    try:
-        tracker = SearchTracker(uri, exp.mlflow.experiment_name)
-        tracker.parent_run_id = parent
-        previous = tracker.client.get_run(parent).data.metrics.get("search_wall_time_s", 0.0)
-        cost = search_cost(path)
-        tracker.log_metrics(parent, {"search_sp_iterations": cost["sp"], "search_hrl_iterations": cost["hrl"],
-                                     "search_iterations": cost["sp"] + cost["hrl"],
-                                     "search_wall_time_s": previous + wall_s}, 0)
-    except Exception as e:                             # bookkeeping never fails a finished search
-        import logging
-        logging.getLogger(__name__).warning("could not log the search's cost to MLflow (%s)", e)
+def _stopped_at_once() -> None:
+    """A second Ctrl-C or SIGTERM: the running part's cost, recorded before the driver exits."""
+    from skipnet.tune import cost
+    cost.end_part("stopped")
 
 
 def read_search_meta(path: str) -> tuple[dict[str, Any], ExperimentConfig]:

@@ -6,12 +6,15 @@ import json
 import os
 import random
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
+from multinode import alive, stop_processes
 from test_search import TINY_TRAIN, children, experiment
 
 from skipnet.tune.runner import run_search
@@ -21,6 +24,9 @@ TRAIN = {**TINY_TRAIN, "hrl": {**TINY_TRAIN["hrl"], "iterations": 8}}
 FIXED = {"hrl.alpha": {"type": "constant", "value": 0.1}, "hrl.lr": {"type": "constant", "value": 0.01},
          "model.gate": {"type": "constant", "value": "feedforward_conv"}}
 TIMEOUT = 400                                   # seconds; the machine is shared and busy
+TRAIN_HRL = TINY_TRAIN["hrl"]["iterations"]
+COST_METRICS = ("search_sp_iterations", "search_hrl_iterations", "search_iterations", "search_wall_time_s")
+STOP_NOW_S = 3.0                                # "at once": a few MLflow requests (Tune's stop and Ray's: 4.6-7.2 s)
 
 
 def deterministic(key: str) -> bool:
@@ -141,3 +147,173 @@ def test_killed_worker_resumes_from_checkpoint_with_identical_metrics(tmp_path, 
         hist_a, hist_b = history(client, run_a.info.run_id, key), history(client, run_b.info.run_id, key)
         assert [s for s, _ in hist_b] == list(range(1, MAX_STEPS + 1)), (key, hist_b)
         assert hist_b == hist_a, key
+
+
+# -- stopping on purpose: Ctrl-C, a second one, and what the search cost ----------------------------
+
+def descendants(pid: int) -> set[int]:
+    """``pid`` and every process below it (a local Ray: GCS, raylet, agents, workers)."""
+    from multinode import _parents
+    parents, pids = _parents(), {pid}
+    while True:
+        children = {p for p, parent in parents.items() if parent in pids} - pids
+        if not children:
+            return pids
+        pids |= children
+
+
+def started_at(pid: int) -> str | None:
+    """When ``pid`` started (clock ticks since boot), or None if it is gone: tells a PID reused apart."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def stored_rows(search_dir: Path) -> dict[str, list[str]]:
+    """Each trial's ``result.json`` lines in the search's storage (the SP phase's too)."""
+    return {str(f.relative_to(search_dir)): f.read_text().splitlines() for f in search_dir.rglob("result.json")}
+
+
+def trained(lines: list[str]) -> float:
+    return sum(json.loads(line)["iterations_trained"] for line in lines)
+
+
+def appended(before: dict[str, list[str]], after: dict[str, list[str]]) -> float:
+    """Iterations in the rows ``after`` adds to ``before``; every file only grew."""
+    for name, lines in before.items():
+        assert after[name][:len(lines)] == lines, f"{name}: stored rows were rewritten"
+    return sum(trained(lines[len(before.get(name, [])):]) for name, lines in after.items())
+
+
+def test_ctrl_c_twice_during_resume_stops_at_once_and_the_cost_adds_up(tmp_path, mlflow_server):
+    """A search stopped by Ctrl-C, resumed and stopped by two during the resumed SP phase, then
+    resumed to the end. The second Ctrl-C exits 130 at once with one line and no traceback (it
+    raised from the signal handler, inside Ray's ``CoreWorker.wait``: ``SystemError``, exit 1, or
+    inside Tune's loop, which logged it and went on), every run of the search ends ``KILLED`` and
+    the local Ray's GCS and raylet go with the driver. The cost on the parent run adds up over the
+    three parts: each stop logs it, the iterations are exactly what each part trained (as Tune's
+    stored results show; a part stopped at once may have reported rows Tune never stored), and
+    the wall time is each part's, within the time the processes ran (before: nothing was logged
+    on a stop, and the last part's wall time replaced the earlier ones')."""
+    from test_cluster import write_experiment
+    url = mlflow_server["url"]
+    client = MlflowClient(url)
+    train = {**TINY_TRAIN, "sp": {**TINY_TRAIN["sp"], "iterations": 16}}           # 8 SP reports
+    space = {"hrl.alpha": {"type": "loguniform", "low": 1e-3, "high": 1.0},
+             "model.gate": {"type": "constant", "value": "feedforward_conv"}}     # one shared SP
+    exp = write_experiment(tmp_path / "exp.yaml", "stop-twice", url, tmp_path / "searches", train=train,
+                           search_space=space, share_sp=True, num_samples=2,
+                           budget={"iterations_per_step": 2, "max_steps": 4})
+    drivers: list[subprocess.Popen] = []
+    ray_started: dict[int, str | None] = {}          # the stopped resume's Ray processes, by PID and start
+
+    def start(*args):
+        log = tmp_path / f"{args[0]}-{len(drivers)}.stderr"
+        with open(tmp_path / f"{args[0]}-{len(drivers)}.stdout", "w") as out, open(log, "w") as err:
+            proc = subprocess.Popen([sys.executable, "-m", "skipnet", *args], stdout=out, stderr=err,
+                                    start_new_session=True, cwd=tmp_path)     # its own group, as in a terminal
+        proc.log = log
+        drivers.append(proc)
+        return proc, time.monotonic()
+
+    def finish(proc) -> str:
+        proc.wait(TIMEOUT)
+        return proc.log.read_text()
+
+    def sp_steps(parent: str) -> int:
+        runs = client.search_runs([client.get_experiment_by_name("stop-twice").experiment_id],
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{parent}' and tags.role = 'sp'")
+        return max((len(client.get_metric_history(r.info.run_id, "val_top1")) for r in runs), default=0)
+
+    def wait_for(condition, proc, what: str):
+        deadline = time.monotonic() + TIMEOUT
+        while not condition():
+            assert proc.poll() is None, f"ended before {what}: {proc.log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"no {what} after {TIMEOUT} s"
+            time.sleep(0.05)
+
+    def cost(parent: str) -> dict[str, float]:
+        return {k: v for k, v in client.get_run(parent).data.metrics.items() if k.startswith("search_")}
+
+    def statuses(parent: str) -> list[str]:
+        return [client.get_run(parent).info.status] + [r.info.status for r in client.search_runs(
+            [client.get_experiment_by_name("stop-twice").experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'")]
+
+    def skipnet_lines(stderr: str) -> list[str]:
+        return [line for line in stderr.splitlines() if line.startswith("skipnet ")]
+
+    try:
+        # 1. skipnet search, Ctrl-C once during the SP phase
+        search, t0 = start("search", str(exp))
+        wait_for(lambda: any((tmp_path / "searches").glob("*/skipnet_search.json")), search, "a search directory")
+        search_dir = next((tmp_path / "searches").iterdir())
+        parent = json.loads((search_dir / "skipnet_search.json").read_text())["parent_run_id"]
+        wait_for(lambda: sp_steps(parent) >= 2, search, "two SP reports")
+        os.killpg(search.pid, signal.SIGINT)
+        stderr = finish(search)
+        ran1 = time.monotonic() - t0
+        assert search.returncode == 130, stderr[-3000:]
+        assert "Traceback" not in stderr and skipnet_lines(stderr) == [
+            f"skipnet search: stopped by SIGINT; MLflow runs marked KILLED; continue with: skipnet resume {search_dir}"]
+        cost1, rows1 = cost(parent), stored_rows(search_dir)
+        assert set(statuses(parent)) == {"KILLED"}
+
+        # 2. skipnet resume, Ctrl-C twice while SP trains again
+        resume, t0 = start("resume", str(search_dir))
+        steps = sp_steps(parent)
+        wait_for(lambda: client.get_run(parent).info.status == "RUNNING" and sp_steps(parent) > steps, resume,
+                 "a resumed SP report")
+        ray_processes = descendants(resume.pid) - {resume.pid}
+        ray_started.update({p: started_at(p) for p in ray_processes})
+        os.killpg(resume.pid, signal.SIGINT)
+        # the first one handled (Tune acknowledges the stop it asks for), the second one comes while Tune saves
+        wait_for(lambda: "Stop signal received" in resume.log.read_text(), resume, "Tune's graceful stop")
+        os.killpg(resume.pid, signal.SIGINT)
+        second = time.monotonic()
+        stderr = finish(resume)
+        ran2, after_second = time.monotonic() - t0, time.monotonic() - second
+        assert resume.returncode == 130, stderr[-3000:]
+        assert "Traceback" not in stderr and "SystemError" not in stderr, stderr[-3000:]
+        assert after_second < STOP_NOW_S, f"the second Ctrl-C took {after_second:.1f} s to stop the resume"
+        assert skipnet_lines(stderr) == [f"skipnet resume: stopped at once by a second SIGINT; MLflow runs marked "
+                                         f"KILLED; continue with: skipnet resume {search_dir}"], stderr[-3000:]
+        assert set(statuses(parent)) == {"KILLED"}, statuses(parent)          # parent, SP run: nothing running
+        deadline = time.monotonic() + 10                                     # fate-shared: gone with the driver
+        while any("gcs_server" in cmdline(p) or "raylet" in cmdline(p) for p in alive(ray_processes)):
+            assert time.monotonic() < deadline, [cmdline(p)[:80] for p in alive(ray_processes)]
+            time.sleep(0.2)
+        cost2, rows2 = cost(parent), stored_rows(search_dir)
+
+        # 3. skipnet resume to the end
+        final, t0 = start("resume", str(search_dir))
+        stderr = finish(final)
+        ran3 = time.monotonic() - t0
+        assert final.returncode == 0, stderr[-3000:]
+        assert set(statuses(parent)) == {"FINISHED"} and len(statuses(parent)) == 1 + 1 + 2
+        cost3, rows3 = cost(parent), stored_rows(search_dir)
+    finally:
+        for proc in drivers:
+            if proc.poll() is None:                   # a failure: the driver and the Ray it started
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        # Ray's agents outlive a driver that exits at once by about a minute: end those still there
+        stop_processes({p for p, at in ray_started.items() if at is not None and started_at(p) == at}, 3.0)
+
+    print(f"parts ran {ran1:.1f} / {ran2:.1f} / {ran3:.1f} s; the second Ctrl-C exited in {after_second:.2f} s; "
+          f"cost {cost1} -> {cost2} -> {cost3}")
+    # every stop logged the cost so far; the iterations are what each part trained
+    assert set(cost1) == set(cost2) == set(cost3) == set(COST_METRICS), (cost1, cost2)
+    assert cost1["search_iterations"] == cost1["search_sp_iterations"] == trained(sum(rows1.values(), [])) > 0
+    part2 = cost2["search_iterations"] - cost1["search_iterations"]
+    assert part2 > 0 and part2 >= appended(rows1, rows2)                # at once: Tune may not have stored it all
+    part3 = cost3["search_iterations"] - cost2["search_iterations"]
+    assert part3 == appended(rows2, rows3) > 0
+    assert cost3["search_hrl_iterations"] == 2 * TRAIN_HRL
+    assert cost3["search_iterations"] == cost3["search_sp_iterations"] + cost3["search_hrl_iterations"]
+    assert cost3["search_iterations"] >= 16 + 2 * TRAIN_HRL             # SP once, both trials' HRL
+    # the wall time: each part's own, added up
+    walls = [cost1["search_wall_time_s"], cost2["search_wall_time_s"] - cost1["search_wall_time_s"],
+             cost3["search_wall_time_s"] - cost2["search_wall_time_s"]]
+    for wall, ran in zip(walls, (ran1, ran2, ran3)):
+        assert 0 < wall <= ran, (walls, (ran1, ran2, ran3))
