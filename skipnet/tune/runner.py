@@ -559,9 +559,9 @@ def _sync_trials(tracker, root: str, exp: ExperimentConfig, tags: dict[str, str]
         schedule = next((r["hyperparameter_schedule"] for r in reversed(results) if r.get("hyperparameter_schedule")), None)
         if schedule and run.data.tags.get("hyperparameter_schedule") != schedule:
             tracker.set_tags(run_id, {"hyperparameter_schedule": schedule})
-        tags = {k: v for r in results for k, v in result_tags(r).items()}     # the latest of each
-        if any(run.data.tags.get(k) != v for k, v in tags.items()):
-            tracker.set_tags(run_id, tags)
+        latest = {k: v for r in results for k, v in result_tags(r).items()}   # the latest of each
+        if any(run.data.tags.get(k) != v for k, v in latest.items()):
+            tracker.set_tags(run_id, latest)
         if trial.status not in ("TERMINATED", "ERROR"):
             finished = False
             continue
