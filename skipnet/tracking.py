@@ -4,7 +4,8 @@ Talks to MLflow through ``MlflowClient`` only (no global active run), so it work
 against the embedded SQLite store and a remote tracking server, where artifacts are uploaded
 through the server. Child runs are found again by their ``trial_id`` tag: a resumed search or a
 ``sync-mlflow`` reuses them, never duplicates them. Only the trial's config is logged as params:
-nothing from the environment reaches MLflow.
+nothing from the environment reaches MLflow, and Ray's own bookkeeping in a result (``pid``,
+``hostname``, ``timestamp`` ...) is not a metric.
 
 Reading back: ``open_store`` checks the store before anything is created, ``find_searches``
 resolves what a user names (parent run id, search id or experiment name) and ``search_trials``
@@ -106,6 +107,15 @@ def result_tags(result: dict[str, Any]) -> dict[str, str]:
     """The tags a result carries: its string values of ``RESULT_TAGS`` (what the routing
     metrics' ``difficulty_spearman`` was measured against)."""
     return {k: result[k] for k in RESULT_TAGS if isinstance(result.get(k), str)}
+
+
+#: What Ray Tune adds to every result about the process and its clocks, not about the model:
+#: not logged as metrics (``training_iteration`` is the step; ``time_this_iter_s`` and
+#: ``time_total_s``, what the trial's steps cost, stay).
+RAY_BOOKKEEPING = frozenset({
+    "pid", "hostname", "node_ip", "date", "timestamp", "time_since_restore", "iterations_since_restore",
+    "timesteps_since_restore", "timesteps_total", "timesteps_this_iter", "episodes_total", "episodes_this_iter",
+    "experiment_tag", "trial_id", "done", "should_checkpoint", "checkpoint_dir_name"})
 
 
 def _param_value(v: Any) -> str:
@@ -211,10 +221,11 @@ class SearchTracker:
 
     def log_metrics(self, run_id: str, metrics: dict[str, Any], step: int, timestamp: int | None = None) -> None:
         """Numeric, finite ``metrics`` at ``step``, stamped ``timestamp`` (ms; default now); strings
-        are not metrics (see ``result_tags``)."""
+        are not metrics (see ``result_tags``), nor is Ray's bookkeeping (``RAY_BOOKKEEPING``)."""
         now = int(time.time() * 1000) if timestamp is None else int(timestamp)
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items()
-                 if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+                 if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                 and k not in RAY_BOOKKEEPING]
         for i in range(0, len(batch), 500):
             self.client.log_batch(run_id, metrics=batch[i:i + 500])
 

@@ -466,6 +466,7 @@ def test_mlflow_outage_loses_nothing_and_sync_backfills_once(local_ray, tmp_path
             assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1, 2, 3, 4], key
         assert run.info.status == "FINISHED" and run.data.tags["tune_status"] == "completed"
         assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["checkpoint", "train_config.yaml"]
+        assert "pid" not in run.data.metrics and "timestamp" not in run.data.metrics     # Ray's bookkeeping
         # ended when the trial ended (its last result, or later if the callback saw the end), not at the sync
         last = frames[run.data.tags["trial_id"]]["timestamp"].max() * 1000
         assert run.info.start_time <= last <= run.info.end_time < synced_at

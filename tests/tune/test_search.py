@@ -72,6 +72,9 @@ def test_asha_search_through_mlflow_server(tmp_path, mlflow_server, local_ray):
         assert (tags["stopped_early"] == "true") == (len(steps) < 4)
         assert run.info.artifact_uri.startswith("mlflow-artifacts:")       # uploaded through the server
         assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["checkpoint", "train_config.yaml"]
+        # Ray's bookkeeping (pid, node, clocks) is no metric; what the model did is
+        assert not {"pid", "timestamp", "time_since_restore", "iterations_since_restore"} & run.data.metrics.keys()
+        assert {"val_top1", "training_iteration", "time_this_iter_s"} <= run.data.metrics.keys()
         # the checkpoint is the trial's last one: the model its last metrics describe
         assert tags["checkpoint_path"].endswith(f"checkpoint_{len(steps) - 1:06d}"), tags["checkpoint_path"]
     assert stopped >= 1, "ASHA stopped no trial"
