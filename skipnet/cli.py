@@ -435,7 +435,13 @@ def cmd_export(args: argparse.Namespace) -> int:
           f"computation {point.computation:.2f} %  -> {path}")
     if args.register:
         print(f"registered as {doc[export.EXPORT_KEY]['registered_model']['uri']}")
-    print(f"reproduce it: skipnet train --config {path}")
+    provenance = doc[export.EXPORT_KEY]["provenance"]
+    print(provenance["note"])                    # the sentence the file and the parent run's description hold
+    if provenance["reproducible"]:
+        print(f"reproduce it: skipnet train --config {path}")
+    else:
+        print(f"its model: {doc[export.EXPORT_KEY]['checkpoint']['mlflow']}   ({path} holds its final "
+              "hyperparameters and, in its export section, the schedule)")
     return 0
 
 

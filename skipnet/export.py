@@ -1,4 +1,5 @@
-"""``skipnet export``: the chosen trial of a search as a training config that reproduces it.
+"""``skipnet export``: the chosen trial of a search as a training config that reproduces it
+(or, for a trial PBT changed, its final config beside its checkpoint and schedule).
 
 The file is the trial's whole ``TrainConfig`` (what ``skipnet train --config`` reads) plus one
 ``export`` section that training ignores: the trial's metrics, where it came from (MLflow run,
@@ -20,7 +21,7 @@ import yaml
 
 from skipnet.config import load_train_config, to_dict
 from skipnet.errors import ConfigError, SkipNetError
-from skipnet.fronts import TrialPoint
+from skipnet.fronts import TrialPoint, reproducibility
 
 EXPORT_KEY = "export"       # the section load_train_config skips
 _REPORTED = ("val_top1", "val_top5", "val_computation_pct", "val_block_count_pct", "val_executed_gflops",
@@ -57,9 +58,10 @@ def export_document(point: TrialPoint, train_config: dict[str, Any], *, selected
     segment the weights changed hyperparameters (or came from another trial) during the search:
     the config then holds the last segment's values, the schedule goes into the ``export``
     section and the file says ``reproducible: false`` (retraining does not replay a schedule;
-    the checkpoint is the model)."""
+    the checkpoint is the model). ``provenance.note`` is :func:`skipnet.fronts.reproducibility`'s
+    sentence, which ``skipnet export`` prints and the parent run's description repeats."""
     cfg = reproducing_config(train_config, point.iteration)
-    changed = len(schedule) > 1 if schedule else scheduler in ("pbt", "mopbt")
+    verdict = reproducibility(scheduler, schedule)
     if schedule:
         last = schedule[-1]
         cfg["hrl"] = dict(cfg.get("hrl", {}), alpha=last["hrl.alpha"], lr=last["hrl.lr"])
@@ -71,9 +73,6 @@ def export_document(point: TrialPoint, train_config: dict[str, Any], *, selected
     # validated, in the config's own key order; the architecture name is the one the trial trained
     # (checking it against the model registry would import torch, 2-3 s of a 4-s command)
     cfg = to_dict(load_train_config(None, base=dict(cfg), check_model=False))
-    note = (f"{scheduler} changed this trial's hyperparameters or weights during the search (see schedule): the "
-            "config holds the final values and retraining it does not replay the schedule; use the checkpoint"
-            if changed else "skipnet train --config FILE retrains this model with the same seed")
     cfg[EXPORT_KEY] = {
         "selected_by": selected_by,
         "trial_id": point.trial_id,
@@ -82,7 +81,7 @@ def export_document(point: TrialPoint, train_config: dict[str, Any], *, selected
                        "search_id": point.search_id, "mlflow_experiment": experiment,
                        "tracking_uri": tracking_uri, "code_version": code_version,
                        "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                       "reproducible": not changed, "note": note},
+                       "reproducible": verdict.reproducible, "note": verdict.sentence},
         "checkpoint": {"mlflow": f"runs:/{point.run_id}/checkpoint", "artifact_uri": checkpoint_uri,
                        "tune_path": point.checkpoint_path},
     }
@@ -98,9 +97,11 @@ def write_export(doc: dict[str, Any], path: str | Path) -> Path:
     if not path.parent.is_dir():
         raise ConfigError("-o", str(path), "a file path in an existing directory")
     p = doc[EXPORT_KEY]["provenance"]
+    how = (f"# Reproduce it: skipnet train --config {path.name}   (the '{EXPORT_KEY}' section is not read)\n"
+           if p["reproducible"] else
+           f"# {p['note']}\n# The checkpoint: {doc[EXPORT_KEY]['checkpoint']['mlflow']} (see '{EXPORT_KEY}').\n")
     header = (f"# Trial {doc[EXPORT_KEY]['trial_id']} of search {p['search_id']} (MLflow run {p['mlflow_run_id']}),\n"
-              f"# exported by skipnet export ({doc[EXPORT_KEY]['selected_by']}).\n"
-              f"# Reproduce it: skipnet train --config {path.name}   (the '{EXPORT_KEY}' section is not read)\n")
+              f"# exported by skipnet export ({doc[EXPORT_KEY]['selected_by']}).\n" + how)
     write_text_atomic(path, header + yaml.safe_dump(doc, sort_keys=False))
     return path
 

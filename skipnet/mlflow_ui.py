@@ -11,9 +11,12 @@ lets a store set:
   kind follow the switch); it is set anyway (``custom_model_development``), for older UIs. So
   every link written here carries ``workflowType=machine_learning``.
 * **The description** of an experiment or a run is its tag ``mlflow.note.content``, rendered as
-  markdown (tables included). The experiment's shows on top of every tab, the GenAI overview
-  too: it links to the latest search's trials and front. The parent run's holds the front
-  (:func:`skipnet.fronts.front_markdown`) with one ``skipnet export`` command per front trial.
+  markdown by showdown: tables without borders or cell padding (cells run together unless
+  padded: :data:`skipnet.fronts.CELL_GAP`), headings as plain text, HTML attributes stripped;
+  a run's page shows its first 150 pixels (a line and about three table rows) above "Show
+  more". The experiment's shows on top of every tab, the GenAI overview too: it links to the
+  latest search's trials and front. The parent run's holds the front, best points first
+  (:func:`skipnet.fronts.front_markdown`), with one ``skipnet export`` command per front point.
 * **The runs table** nests child runs under their parent, collapsed, only while it is sorted by
   start time without a filter; its columns are chosen per browser. A *saved view* (experiment
   tag ``mlflow.sharedViewState.<key>``: name, creation time and the table's state as JSON; the
@@ -21,7 +24,9 @@ lets a store set:
   the sort, the columns and the charts. Each search gets one: its trials (not its shared SP
   runs), front first, with validation accuracy, computation, the routing metrics (Spearman rho of
   per-image computation with difficulty, distinct execution paths), alpha, lr, gate and Pareto rank,
-  and a chart section whose scatter is accuracy against computation. No view can be made the
+  and a chart section whose scatter is accuracy against computation, one card a row, 500 px high
+  (a section's ``columns`` and ``cardHeight``; by default three 360-px cards share the chart
+  pane beside the runs list, and the chart's toolbar covers the top of its tiny plot). No view can be made the
   default, nor can a view expand nested runs (MLflow drops ``runsExpanded`` from saved views).
 * **Run colours** (tag ``mlflow.runColor``) colour a run in the table and the charts: front
   trials orange, the others grey, so the front stands out in the scatter; the parent run blue.
@@ -78,7 +83,8 @@ def trials_view(search_id: str) -> dict:
         "selectedColumns": list(TRIAL_COLUMNS), "columnOrder": list(TRIAL_COLUMNS), "columnWidths": TRIAL_COLUMNS,
         "runsHiddenMode": "SHOW_ALL",
         "compareRunSections": [{"uuid": "skipnet-front", "name": "Accuracy/computation front", "display": True,
-                                "isReordered": False, "deleted": False, "isGenerated": False}],
+                                "isReordered": False, "deleted": False, "isGenerated": False,
+                                "columns": 1, "cardHeight": 500}],
         "compareRunCharts": [{"uuid": "skipnet-front-scatter", "type": "SCATTER", "metricSectionId": "skipnet-front",
                               "displayName": "val_top1 against val_computation_pct (front: orange)",
                               "runsCountToCompare": 1000, "deleted": False, "isGenerated": False,

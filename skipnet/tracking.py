@@ -4,7 +4,11 @@ Talks to MLflow through ``MlflowClient`` only (no global active run), so it work
 against the embedded SQLite store and a remote tracking server, where artifacts are uploaded
 through the server. Child runs are found again by their ``trial_id`` tag: a resumed search or a
 ``sync-mlflow`` reuses them, never duplicates them. Only the trial's config is logged as params:
-nothing from the environment reaches MLflow.
+nothing from the environment reaches MLflow. Params cannot change once logged, and PBT changes
+a trial's hyperparameters while it trains: the keys a search mutates are therefore logged when
+the trial ends, with the values it ended with (``log_final_params``); until then its reported
+``alpha`` and ``lr`` metrics and its ``hyperparameter_schedule`` tag hold the current ones.
+Ray's own bookkeeping in a result (``pid``, ``hostname``, ``timestamp`` ...) is not a metric.
 
 Reading back: ``open_store`` checks the store before anything is created, ``find_searches``
 resolves what a user names (parent run id, search id or experiment name) and ``search_trials``
@@ -28,7 +32,7 @@ from mlflow.tracking import MlflowClient
 
 from skipnet.config import flatten
 from skipnet.errors import ConfigError, SkipNetError
-from skipnet.fronts import TrialPoint, with_threshold_points
+from skipnet.fronts import TrialPoint, final_config, parse_schedule, with_threshold_points
 from skipnet.mlflow_ui import FRONT_COLOR, OTHER_COLOR, RUN_COLOR, prepare_ui
 from skipnet.pareto import NAN_RANK
 
@@ -108,6 +112,15 @@ def result_tags(result: dict[str, Any]) -> dict[str, str]:
     return {k: result[k] for k in RESULT_TAGS if isinstance(result.get(k), str)}
 
 
+#: What Ray Tune adds to every result about the process and its clocks, not about the model:
+#: not logged as metrics (``training_iteration`` is the step; ``time_this_iter_s`` and
+#: ``time_total_s``, what the trial's steps cost, stay).
+RAY_BOOKKEEPING = frozenset({
+    "pid", "hostname", "node_ip", "date", "timestamp", "time_since_restore", "iterations_since_restore",
+    "timesteps_since_restore", "timesteps_total", "timesteps_this_iter", "episodes_total", "episodes_this_iter",
+    "experiment_tag", "trial_id", "done", "should_checkpoint", "checkpoint_dir_name"})
+
+
 def _param_value(v: Any) -> str:
     text = str(v)
     return text if len(text) <= 6000 else text[:5997] + "..."
@@ -185,11 +198,15 @@ class SearchTracker:
         return self._children.get(trial_id)
 
     def child_run(self, trial_id: str, config: dict[str, Any], tags: dict[str, str],
-                  start_time: int | None = None) -> str:
+                  start_time: int | None = None, later: frozenset[str] | set[str] = frozenset()) -> str:
         """The child run of ``trial_id``: found by tag if it exists (resume), else created with
         the trial's whole training config as params and as ``train_config.yaml``, started at
         ``start_time`` (ms since the epoch; default now, as the trial starts), tagged
-        ``skipnet.kind`` ``trial`` (``sp`` for a shared SP run, tag ``role=sp``)."""
+        ``skipnet.kind`` ``trial`` (``sp`` for a shared SP run, tag ``role=sp``).
+
+        ``later``: flat keys whose value may still change (a PBT search's mutations): not logged
+        now but by ``log_final_params`` as the trial ends (``train_config.yaml`` is the starting
+        config)."""
         run_id = self.find_child(trial_id)
         if run_id is not None:
             return run_id
@@ -198,12 +215,26 @@ class SearchTracker:
                                      tags={"mlflow.parentRunId": self.parent_run_id, "trial_id": trial_id,
                                            "skipnet.kind": kind, **tags})
         run_id = run.info.run_id
-        params = [Param(k, _param_value(v)) for k, v in flatten(config).items()]
+        params = [Param(k, _param_value(v)) for k, v in flatten(config).items() if k not in later]
         for i in range(0, len(params), 100):
             self.client.log_batch(run_id, params=params[i:i + 100])
         self.client.log_dict(run_id, config, TRAIN_CONFIG_ARTIFACT)
         self._children[trial_id] = run_id
         return run_id
+
+    def log_final_params(self, run_id: str, config: dict[str, Any], keys: frozenset[str] | set[str],
+                         have: dict[str, str] | None = None) -> None:
+        """The values of ``keys`` (flat) in ``config``, the trial's config as it ended, as params of
+        its run (what ``child_run`` left for later); keys the run already has (``have``: its
+        params, read when not given) stay as they are: params are immutable, and a run started by
+        an older version keeps its starting values (``search_trials`` corrects them from the
+        schedule)."""
+        if not keys:
+            return
+        have = self.client.get_run(run_id).data.params if have is None else have
+        values = {k: v for k, v in flatten(config).items() if k in keys and k not in have}
+        if values:
+            self.client.log_batch(run_id, params=[Param(k, _param_value(v)) for k, v in values.items()])
 
     def logged_steps(self, run_id: str) -> set[int]:
         """Steps whose result is in MLflow (every result carries ``training_iteration``)."""
@@ -211,10 +242,11 @@ class SearchTracker:
 
     def log_metrics(self, run_id: str, metrics: dict[str, Any], step: int, timestamp: int | None = None) -> None:
         """Numeric, finite ``metrics`` at ``step``, stamped ``timestamp`` (ms; default now); strings
-        are not metrics (see ``result_tags``)."""
+        are not metrics (see ``result_tags``), nor is Ray's bookkeeping (``RAY_BOOKKEEPING``)."""
         now = int(time.time() * 1000) if timestamp is None else int(timestamp)
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items()
-                 if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+                 if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                 and k not in RAY_BOOKKEEPING]
         for i in range(0, len(batch), 500):
             self.client.log_batch(run_id, metrics=batch[i:i + 500])
 
@@ -275,7 +307,10 @@ def find_searches(client: MlflowClient, spec: str) -> list:
 def search_trials(client: MlflowClient, parent) -> list[TrialPoint]:
     """Each trial of a search at its last reported step (what its checkpoint holds), followed by
     its threshold-sweep points (``fronts.with_threshold_points``: ``<trial id>@<t>``); the runs
-    of a shared SP phase (tag ``role=sp``) are not trials."""
+    of a shared SP phase (tag ``role=sp``) are not trials. A trial's config is its params with
+    the hyperparameters its schedule (tag ``hyperparameter_schedule``) ended with
+    (``fronts.final_config``): a running PBT trial has no params for them yet, and runs logged
+    before they were logged at the end hold the starting values."""
     runs = client.search_runs([parent.info.experiment_id], max_results=10000,
                               filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     search_id = parent.data.tags.get("search_id", parent.info.run_name)
@@ -285,6 +320,7 @@ def search_trials(client: MlflowClient, parent) -> list[TrialPoint]:
             continue                          # a shared SP run: where trials started, not a trial
         m = run.data.metrics
         nan = float("nan")
+        schedule = parse_schedule(run.data.tags.get("hyperparameter_schedule"))
         points += with_threshold_points(TrialPoint(
             run_id=run.info.run_id, trial_id=run.data.tags.get("trial_id", run.info.run_name),
             search_id=search_id, parent_run_id=parent.info.run_id,
@@ -293,8 +329,8 @@ def search_trials(client: MlflowClient, parent) -> list[TrialPoint]:
             num_classes=int(m["num_classes"]) if "num_classes" in m else None,
             status=run.data.tags.get("tune_status", run.info.status.lower()),
             checkpoint_path=run.data.tags.get("checkpoint_path"),
-            config={k: v for k, v in run.data.params.items()},
-            metrics=dict(m)))
+            config=final_config(dict(run.data.params), schedule),
+            metrics=dict(m), schedule=schedule, scheduler=run.data.tags.get("scheduler")))
     return sorted(points, key=lambda p: p.trial_id)
 
 

@@ -32,7 +32,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from skipnet.errors import SkipNetError
-from skipnet.fronts import CURVE_PREFIX, SearchFront, TrialPoint, analyse, with_threshold_points
+from skipnet.fronts import (CURVE_PREFIX, SearchFront, TrialPoint, analyse, final_config, parse_schedule,
+                            with_threshold_points)
 
 
 @dataclass(frozen=True)
@@ -43,9 +44,11 @@ class FrontUpdate:
 
 
 class LiveFront:
+    scheduler: str | None = None                     # (a front pickled by an older version has none)
+
     def __init__(self, search_id: str, parent_run_id: str, interval_s: float = 30.0, offset: float = 0.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.search_id, self.parent_run_id = search_id, parent_run_id
+                 clock: Callable[[], float] = time.monotonic, scheduler: str | None = None) -> None:
+        self.search_id, self.parent_run_id, self.scheduler = search_id, parent_run_id, scheduler
         self.interval_s, self.offset, self.clock = interval_s, offset, clock
         self.points: dict[str, dict[str, Any]] = {}      # trial id -> its latest point (plain data)
         self.iterations = 0.0                            # iterations_trained over every result seen
@@ -66,18 +69,22 @@ class LiveFront:
         return self.pending and (self._logged_at is None or self.clock() - self._logged_at >= self.interval_s)
 
     def add(self, trial_id: str, result: Mapping[str, Any], config: Mapping[str, Any] | None = None) -> None:
-        """One reported result of a searched trial (``config``: its flat config, for the CSV)."""
+        """One reported result of a searched trial (``config``: its flat config, for the CSV; the
+        hyperparameters the result was trained with are its ``hyperparameter_schedule``'s last:
+        Tune's config of a trial changes as PBT exploits, before the callback sees the result)."""
         self.results += 1
         self.iterations += _number(result.get("iterations_trained"), 0.0)
         step = int(_number(result.get("training_iteration"), 0))
         known = self.points.get(trial_id)
         if known is not None and step <= known["steps"]:
             return                               # MLflow keeps the first report of a step
+        schedule = parse_schedule(result.get("hyperparameter_schedule"))
         self.points[trial_id] = {
             "accuracy": _number(result.get("val_top1")), "computation": _number(result.get("val_computation_pct")),
             "steps": step, "iteration": int(_number(result.get("iteration"), 0)),
             "num_classes": int(_number(result.get("num_classes"), 0)) or None,
-            "config": {k: str(v) for k, v in (config or {}).items()},
+            "config": final_config({k: str(v) for k, v in (config or {}).items()}, schedule),
+            "schedule": schedule,
             # the threshold curve of a trial's final report: its other candidate points
             "metrics": {k: float(v) for k, v in result.items() if (k.startswith(CURVE_PREFIX) or k == "gate_threshold")
                         and isinstance(v, (int, float)) and not isinstance(v, bool)}}
@@ -88,7 +95,8 @@ class LiveFront:
         trials = [point for tid, p in sorted(self.points.items()) for point in with_threshold_points(TrialPoint(
             run_id=run_ids.get(tid, ""), trial_id=tid, search_id=self.search_id, parent_run_id=self.parent_run_id,
             accuracy=p["accuracy"], computation=p["computation"], steps=p["steps"], iteration=p["iteration"],
-            num_classes=p["num_classes"], status="running", config=p["config"], metrics=p.get("metrics", {})))]
+            num_classes=p["num_classes"], status="running", config=p["config"], metrics=p.get("metrics", {}),
+            schedule=p.get("schedule", []), scheduler=self.scheduler))]
         try:
             front = analyse(self.search_id, self.parent_run_id, trials)
         except SkipNetError:                     # no trial reported both metrics yet

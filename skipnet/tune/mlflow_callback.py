@@ -2,8 +2,11 @@
 
 Runs in the driver. Per trial: a child run on start (found again on resume), every result as
 metrics at step ``training_iteration`` (steps already logged are skipped, so a resumed search
-repeats none; its strings, such as ``val_difficulty_source``, as tags), and on completion the status, a ``stopped_early`` tag and the trial's last
-checkpoint (the model its last metrics describe) as an artifact.
+repeats none; its strings, such as ``val_difficulty_source``, as tags; Ray's bookkeeping such as
+``pid`` not at all), and on completion the status, a ``stopped_early`` tag and the trial's last
+checkpoint (the model its last metrics describe) as an artifact. Under PBT the keys the search
+mutates (``later``) become params only then, with the values the trial ended with: params cannot
+change, and logged at the start they showed a member's starting alpha and lr for good.
 
 The searched trials' callback (``front_interval_s`` set; not the shared SP phase's) also keeps the
 parent run's front current (:mod:`skipnet.tune.live_front`): at most every ``front_interval_s``
@@ -34,12 +37,16 @@ log = logging.getLogger(__name__)
 
 
 class MLflowSearchCallback(tune.Callback):
+    later: frozenset[str] = frozenset()              # (a callback pickled by an older version has none)
+
     def __init__(self, tracking_uri: str | None, experiment_name: str, parent_run_id: str,
                  tags: dict[str, str], max_steps: int, base_train: dict[str, Any] | None = None,
                  search_path: str | None = None, retry_s: float = 30.0,
                  sp_runs: dict[str, str] | None = None, ends_search: bool = True,
-                 front_interval_s: float | None = None, front_offset: float = 0.0) -> None:
+                 front_interval_s: float | None = None, front_offset: float = 0.0,
+                 later: frozenset[str] = frozenset()) -> None:
         self.tracking_uri, self.experiment_name = tracking_uri, experiment_name
+        self.later = frozenset(later)                    # flat keys PBT mutates: params at the trial's end
         self.sp_runs, self.ends_search = sp_runs, ends_search    # SP key -> SP run (lineage); SP phase: False
         self.base_train = base_train or {}
         self.parent_run_id, self.tags, self.max_steps = parent_run_id, tags, max_steps
@@ -56,7 +63,8 @@ class MLflowSearchCallback(tune.Callback):
         self._shown: dict[str, int] = {}                 # run -> Pareto rank tagged by the live front
         if front_interval_s is not None:
             from skipnet.tune.live_front import LiveFront
-            self.live = LiveFront(tags.get("search_id", ""), parent_run_id, front_interval_s, front_offset)
+            self.live = LiveFront(tags.get("search_id", ""), parent_run_id, front_interval_s, front_offset,
+                                  scheduler=tags.get("scheduler"))
 
     @property
     def tracker(self) -> SearchTracker:
@@ -106,7 +114,7 @@ class MLflowSearchCallback(tune.Callback):
             sp_run = self.sp_runs.get(sp_key(train_config))
             if sp_run:
                 tags["sp_run_id"] = sp_run
-        run_id = self.tracker.child_run(trial.trial_id, train_config, tags)
+        run_id = self.tracker.child_run(trial.trial_id, train_config, tags, later=self.later)
         if run_id not in self._last_step:
             self._last_step[run_id] = max(self.tracker.logged_steps(run_id), default=0)
         return run_id
@@ -195,12 +203,22 @@ class MLflowSearchCallback(tune.Callback):
             tags["checkpoint_path"] = uri_of(checkpoint.path, checkpoint.filesystem)   # s3://... keeps its scheme
             with checkpoint.as_directory() as directory:
                 self.tracker.log_checkpoint(run_id, directory)
+        self._log_final_params(run_id, trial)
         self.tracker.end_child(run_id, "FINISHED", tags)
+
+    def _log_final_params(self, run_id: str, trial) -> None:
+        """The mutated keys' values as the trial ended (Tune's config of the trial holds them)."""
+        if self.later:
+            self.tracker.log_final_params(run_id, full_train_config(trial.config, self.base_train), self.later)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self._ran = True
-        self._mirror("a trial error", lambda: self.tracker.end_child(self._run(trial), "FAILED",
-                                                                     {"tune_status": "error"}))
+        self._mirror("a trial error", self._failed, trial)
+
+    def _failed(self, trial) -> None:
+        run_id = self._run(trial)
+        self._log_final_params(run_id, trial)
+        self.tracker.end_child(run_id, "FAILED", {"tune_status": "error"})
 
     def on_experiment_end(self, trials, **info) -> None:
         """The search's last front and the parent run's end, now. A search stopped before its

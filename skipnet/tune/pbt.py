@@ -57,7 +57,9 @@ class SkipNetPBT(PopulationBasedTraining):
     """Scalar PBT (ranks by ``metric``) with the fixes above. ``family_key``: the dotted config
     key whose value must match between a member and its donor."""
 
-    def __init__(self, *, family_key: str = "model.gate", **kwargs: Any) -> None:
+    FAMILY_KEY = "model.gate"
+
+    def __init__(self, *, family_key: str = FAMILY_KEY, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.family_key = family_key
 

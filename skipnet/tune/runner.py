@@ -128,6 +128,22 @@ def build_scheduler(exp: ExperimentConfig):
     return FIFOScheduler()
 
 
+def changing_keys(exp: ExperimentConfig) -> frozenset[str]:
+    """The flat config keys whose value a trial can change while it trains: under PBT and MO-PBT
+    its mutations, and any searched key (an exploit copies the donor's whole config), except
+    the gate type (members copy only their own gate family). None under other schedulers. Their
+    MLflow params are logged as the trial ends (``SearchTracker.log_final_params``)."""
+    if exp.scheduler.type not in PBT_TYPES:
+        return frozenset()
+    from skipnet.tune.pbt import SkipNetPBT
+    family = SkipNetPBT.FAMILY_KEY
+    try:
+        mutated = SearchSpace.from_yaml(exp.resolve(exp.scheduler.mutations)).params
+    except SkipNetError:                  # the file moved since the search (sync-mlflow): the scheduled keys
+        mutated = {"hrl.alpha": None, "hrl.lr": None}
+    return frozenset({*mutated, *load_space(exp).params} - {family})
+
+
 def _search(exp: ExperimentConfig, space: SearchSpace) -> tuple[Any, dict[str, Any]]:
     """(search algorithm or None, param space) for the experiment's searcher."""
     if exp.searcher.type in ("optuna-tpe", "optuna-mo"):
@@ -205,7 +221,8 @@ def build_tuner(exp: ExperimentConfig, search_id: str, parent_run_id: str, track
                                     sp_runs=shared.runs if shared else None,
                                     # live front: its step is compute spent, the SP phase's included
                                     front_interval_s=exp.mlflow.front_interval_s,
-                                    front_offset=_sp_iterations(exp, search_id) if shared else 0.0)
+                                    front_offset=_sp_iterations(exp, search_id) if shared else 0.0,
+                                    later=changing_keys(exp))
     score, pbt = exp.scheduler.metric, exp.scheduler.type in PBT_TYPES
     return tune.Tuner(
         _trainable(exp, sp_results=shared.checkpoints if shared else None), param_space=param_space,
@@ -504,7 +521,7 @@ def sync_mlflow(path: str) -> dict[str, int]:
     try:
         finished &= _sync_trials(tracker, root, exp, dict(tags, role="hrl") if plan is not None else tags,
                                  plan.hrl_steps if plan is not None else exp.budget.max_steps, counts,
-                                 sp_runs=sp_runs)
+                                 sp_runs=sp_runs, later=changing_keys(exp))
     except _NoTuneState as e:
         if sp_runs is None:                                     # nothing at all to read
             raise SkipNetError(f"sync-mlflow: {path}: Tune has no readable experiment state there ({e})") from None
@@ -520,10 +537,10 @@ class _NoTuneState(Exception):
 
 def _sync_trials(tracker, root: str, exp: ExperimentConfig, tags: dict[str, str], max_steps: int,
                  counts: dict[str, int], *, sp_runs: dict[str, str] | None = None,
-                 sp_runs_out: dict[str, str] | None = None) -> bool:
+                 sp_runs_out: dict[str, str] | None = None, later: frozenset[str] = frozenset()) -> bool:
     """``sync_mlflow`` for one Tune experiment at ``root`` (the searched trials', or the SP
     phase's with ``sp_runs_out`` collecting SP key -> run), a local path or a URI. True if every
-    trial has ended."""
+    trial has ended. ``later``: keys logged as params once the trial has ended (``changing_keys``)."""
     from ray.tune import ExperimentAnalysis
 
     from skipnet.config import flatten, load_train_config
@@ -544,7 +561,7 @@ def _sync_trials(tracker, root: str, exp: ExperimentConfig, tags: dict[str, str]
             run_tags = dict(tags, trial_id=trial.trial_id, gate=str(_get(trial.config, "model.gate") or tags["gate"]))
             if sp_runs and sp_runs.get(sp_key(config)):
                 run_tags["sp_run_id"] = sp_runs[sp_key(config)]
-            run_id = tracker.child_run(trial.trial_id, config, run_tags, start_time=_started_at(results))
+            run_id = tracker.child_run(trial.trial_id, config, run_tags, start_time=_started_at(results), later=later)
             counts["runs_created"] += 1
         if sp_runs_out is not None:
             sp_runs_out[sp_key(load_train_config(None, flatten(trial.config), base=base))] = run_id
@@ -565,6 +582,7 @@ def _sync_trials(tracker, root: str, exp: ExperimentConfig, tags: dict[str, str]
         if trial.status not in ("TERMINATED", "ERROR"):
             finished = False
             continue
+        tracker.log_final_params(run_id, config, later, have=run.data.params)   # Tune's config: the final one
         checkpoint = _last_checkpoint(trial_dir)
         if trial.status == "TERMINATED" and checkpoint is not None and not tracker.has_checkpoint(run_id):
             with storage.local_copy(checkpoint) as directory:      # MLflow uploads a local directory

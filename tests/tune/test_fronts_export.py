@@ -19,11 +19,11 @@ from mlflow.tracking import MlflowClient
 from ray.tune import ExperimentAnalysis
 
 from conftest import MLflowServer
-from skipnet import fronts, pareto, tracking
-from skipnet.export import export_document, reproducing_config
+from skipnet import fronts, mlflow_ui, pareto, tracking
+from skipnet.export import export_document, reproducing_config, write_export
 from skipnet.tune.runner import init_ray, resume_search, run_search, sync_mlflow
 from test_live_front import assert_front_shown
-from test_search import SPACE, TINY_TRAIN, experiment
+from test_search import SPACE, TINY_TRAIN, description_commands, description_table, experiment, row_trial
 
 FAKE_SECRET = "AKIA-fake-secret-do-not-log-7f3a9c"
 MO_STEPS = 4
@@ -97,12 +97,13 @@ def test_mlflow_shows_the_front_with_its_export_commands(searches, mlflow_server
     result = skipnet("pareto", fifo.search_id, "--tracking-uri", url)
     assert result.returncode == 0, result.stderr[-3000:]
     assert_front_shown(client, fifo.parent_run_id, "as `skipnet pareto` computed it")
-    line = client.get_run(fifo.parent_run_id).data.tags["mlflow.note.content"].split("```")[1].strip().splitlines()[-1]
-    command, trial = line.split("#", 1)
+    uri, commands = description_commands(client.get_run(fifo.parent_run_id).data.tags["mlflow.note.content"])
+    trial, command = commands[-1]
     argv = shlex.split(command)
     argv[argv.index("-o") + 1] = str(tmp_path / "best.yaml")
-    result = skipnet(*argv[1:])
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = subprocess.run([sys.executable, "-m", "skipnet", *argv[1:]], capture_output=True, text=True, timeout=600,
+                            env=dict(os.environ, MLFLOW_TRACKING_URI=uri))    # as the block's first line sets it
+    assert uri == url and result.returncode == 0, result.stderr[-3000:]
     assert yaml.safe_load((tmp_path / "best.yaml").read_text())["export"]["trial_id"] == trial.split()[0]
 
 
@@ -117,9 +118,11 @@ def test_export_selector_picks_exactly_its_trial():
     chosen = {t.trial_id: fronts.export_selector(trials, t) for t in trials[:5]}
     assert chosen == {"a": "--max-computation 37.85", "b": "--max-computation 37.86", "c": "--max-computation 40.00",
                       "d": "--trial d", "e": "--min-accuracy 70.00"}
-    text = fronts.front_markdown(fronts.analyse("s", "p", trials), max_chars=900)
+    front = fronts.analyse("s", "p", trials)
+    assert [t.trial_id for t in front.front] == ["a", "b", "c", "e"] and front.copies == {"c": ["d"]}
+    text = fronts.front_markdown(front, max_chars=1400)
     shown = text.count("skipnet export s ")                  # rows left out past max_chars are counted
-    assert len(text) <= 900 and 0 < shown < 5 and f"| ... {5 - shown} more: `skipnet pareto s` |" in text
+    assert len(text) <= 1400 and 0 < shown < 4 and f"| ... {4 - shown} more: `skipnet pareto s` |" in text
 
 
 def test_moasha_on_synthetic_data_replays_the_rule(searches, mlflow_server):
@@ -234,9 +237,10 @@ def test_pareto_cli_tags_front_logs_plots_and_prints(searches, mlflow_server, tm
     parent = client.get_run(fifo.parent_run_id)
     hv = pareto.hypervolume_2d([p for r in runs for p in run_points(r)], (10.0, 100.0), ["max", "min"])   # chance 10 %
     assert parent.data.metrics["pareto_hypervolume"] == pytest.approx(hv)
-    assert parent.data.metrics["pareto_front_size"] == len(front)
+    points = {p for _, p in front}                    # trials with the same point are one front point
+    assert parent.data.metrics["pareto_front_size"] == len(points)
     rows = (tmp_path / "front.csv").read_text().strip().splitlines()
-    assert len(rows) == 1 + len(front) and all(r.startswith(f"{fifo.search_id},") for r in rows[1:])
+    assert len(rows) == 1 + len(points) and all(r.startswith(f"{fifo.search_id},") for r in rows[1:])
     swept = [r.split(",") for r in rows[1:] if "@" in r.split(",")[1]]      # threshold points: labelled
     assert all(r[8] == "true" and r[1].endswith("@" + r[7]) for r in swept)
     assert all(r[1] in result.stdout for r in swept) and (not swept or "TRIAL@T" in result.stdout)
@@ -259,10 +263,10 @@ def test_pareto_cli_tags_front_logs_plots_and_prints(searches, mlflow_server, tm
         for r in runs:
             assert (r.data.tags["pareto_rank"] == "0") == (r.info.run_id in front_runs)
         assert f"search {summary.search_id}" in result.stdout
-        for rid in front_runs:
-            assert rid in result.stdout
+        for point in {p for _, p in front}:                # each front point once, by one of its trials
+            assert sum(rid in result.stdout for rid, p in front if p == point) >= 1
         rows = (out / f"front-{summary.search_id}.csv").read_text().strip().splitlines()
-        assert len(rows) == 1 + len(front)
+        assert len(rows) == 1 + len({p for _, p in front})
     html = (out / "front.html").read_text()
     assert "plotly" in html and fifo.search_id in html and mo.search_id in html and "hrl.alpha" in html
     assert (out / "front.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -378,7 +382,7 @@ def test_threshold_points_enter_the_front_labelled_and_export_their_threshold():
     assert csv[0][7:9] == ["gate_threshold", "swept"] and [r[7:9] for r in csv[1:]] == \
         [["0.7", "true"], ["0.5", "false"], ["0.35", "true"]]
     text = fronts.front_markdown(front)
-    assert "| b@0.7 |" in text and "`model.gate_threshold: T`" in text and "# b@0.35" in text
+    assert f"| b@0.7{fronts.CELL_GAP} |" in text and "`model.gate_threshold: T`" in text and "# b@0.35" in text
     chosen = fronts.select(points, trial_id="b@0.7")
     assert chosen.metrics["val_top1"] == 55.0 and "test_top1" not in chosen.metrics
     assert fronts.select(points, max_computation=35) is chosen
@@ -416,6 +420,98 @@ def test_eval_of_each_trial_directory_gives_the_trial_metrics(searches, tmp_path
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "a search directory" in result.stderr
     assert "name one trial's directory" in result.stderr, result.stderr
+
+
+def pbt_point(trial_id, accuracy, computation, schedule=((0, 10.34, 0.0161, None),), config=None):
+    """A trial of an MO-PBT search; ``schedule``: its (iteration, alpha, lr, cloned_from) segments."""
+    segments = [{"iteration": i, "hrl.alpha": a, "hrl.lr": lr, "trial": trial_id, **({"cloned_from": c} if c else {})}
+                for i, a, lr, c in schedule]
+    return fronts.TrialPoint("run-" + trial_id, trial_id, "s", "p", accuracy, computation, 4, 8, 10, "done",
+                             config=fronts.final_config(config or {"hrl.alpha": "10.34", "hrl.lr": "0.0161",
+                                                                   "model.gate": "recurrent"}, segments),
+                             schedule=segments, scheduler="mopbt")
+
+
+def test_copies_of_one_member_are_one_point_of_the_front():
+    """Three members at 99.60 / 100.02 (two copied the third's weights; the MO-PBT quickstart
+    showed them as three front points): one point, shown as the first trial, the others named."""
+    def point(trial_id, accuracy, computation):
+        return fronts.TrialPoint("run-" + trial_id, trial_id, "s", "p", accuracy, computation, 4, 8, 10, "done")
+
+    trials = [point("t0", 99.60, 100.02), point("t1", 99.60, 100.02), point("t2", 80.0, 40.0),
+              point("t3", 99.60, 100.02), point("t4", 70.0, 50.0)]
+    front = fronts.analyse("s", "p", trials)
+    assert [t.trial_id for t in front.front] == ["t2", "t0"] and front.copies == {"t0": ["t1", "t3"]}
+    assert list(front.rank) == [0, 0, 0, 0, 1]                # the copies are on the front: ranked, tagged so
+    rows = fronts.front_csv(front).strip().splitlines()
+    header = rows[0].split(",")
+    assert len(rows) == 3 and rows[2].split(",")[header.index("same_point")] == "t1 t3"
+    text = fronts.front_markdown(front)
+    _, table = description_table(text)
+    assert [row_trial(row[0]) for row in table] == ["t0", "t2"] and table[0][0].startswith("**t0**")   # the knee
+    assert table[0][0].endswith("· same point: t1, t3") and text.count("skipnet export s ") == 2
+    assert [(r["trial"], r["same_point"]) for r in fronts.table(front)] == [("t2", []), ("t0", ["t1", "t3"])]
+
+
+def test_front_description_renders_in_mlflow_with_the_best_rows_first():
+    """What MLflow 3.17 shows of it (checked in a browser): the first line says the front's size
+    and hypervolume; every table cell is padded (MLflow draws cells without padding); the rows
+    run from the knee, then by the hypervolume each point alone adds (MLflow shows about three
+    rows before "Show more"); the final alpha and lr, with the schedule beside them; no
+    headings (drawn as plain text). The saved view's front chart is one wide, tall card."""
+    trials = [pbt_point("cheap", 15.0, 5.0), pbt_point("mid", 70.0, 30.0, [(0, 10.34, 0.0161, None),
+                                                                          (300, 2.68, 0.00374, "cheap")]),
+              pbt_point("big", 92.0, 80.0), pbt_point("top", 93.0, 99.0), pbt_point("worse", 60.0, 60.0)]
+    front = fronts.analyse("s", "p", trials)
+    text = fronts.front_markdown(front)
+    lines = text.splitlines()
+    assert lines[0].startswith("**Front: 4 of 5 points**") and "hypervolume" in lines[0] and lines[1] == ""
+    outside = text.split("```")[0::2]                       # the text around the code block
+    assert not [line for part in outside for line in part.splitlines() if line.startswith("#")]
+    headers, rows = description_table(text)
+    assert headers == ["trial", "val_top1", "comp. %", "alpha", "lr", "gate", "retrains"]
+
+    def alone(point):                                        # brute force: the hypervolume lost without it
+        rest = [[t.accuracy, t.computation] for t in front.front if t is not point]
+        every = [[t.accuracy, t.computation] for t in front.front]
+        return pareto.hypervolume_2d(every, front.reference, fronts.DIRECTIONS) - \
+            pareto.hypervolume_2d(rest, front.reference, fronts.DIRECTIONS)
+
+    others = sorted((t for t in front.front if t is not front.knee), key=alone, reverse=True)
+    assert [row_trial(row[0]) for row in rows] == [front.knee.trial_id, *(t.trial_id for t in others)]
+    assert rows[0][0] == "**mid**" and front.knee.trial_id == "mid" and not rows[1][0].startswith("**")
+    mid = dict(zip(headers, rows[0]))
+    assert (mid["alpha"], mid["lr"], mid["retrains"]) == ("2.68", "0.00374", "no")
+    below = text.split(fronts.SCHEDULES_HEAD)[1].split("Retrains:")[0].strip().splitlines()   # under the table
+    assert below == ["- mid: 10.3 / 0.0161 (it. 0) → 2.68 / 0.00374 (it. 300, copied cheap)"]
+    assert text.rindex("| top") < text.index(fronts.SCHEDULES_HEAD)
+    assert dict(zip(headers, rows[1]))["retrains"] == "yes"
+    for point in (front.knee, others[0]):                    # "retrains" explained in the words the export uses
+        assert f"**{fronts.RETRAIN[point.reproducibility.reproducible]}**: {point.reproducibility.sentence}" in text
+    uri, commands = description_commands(text)
+    assert uri is None and [r.split()[0] for r, _ in commands] == [row_trial(row[0]) for row in rows]
+    section = mlflow_ui.trials_view("s")["compareRunSections"][0]
+    assert (section["columns"], section["cardHeight"]) == (1, 500)
+
+
+def test_export_file_and_description_say_the_same_of_a_changed_trial(tmp_path):
+    """An MO-PBT trial whose hyperparameters changed: its export file says (provenance note and
+    header) the sentence the description's "retrains" column points to; an unchanged one says
+    it retrains."""
+    changed = pbt_point("mid", 70.0, 30.0, [(0, 10.34, 0.0161, None), (300, 2.68, 0.00374, "cheap")])
+    same = pbt_point("cheap", 15.0, 5.0, [(0, 10.34, 0.0161, None)])
+    text = fronts.front_markdown(fronts.analyse("s", "p", [changed, same]))
+    for point, reproducible in ((changed, False), (same, True)):
+        doc = export_document(point, dict(TINY_TRAIN), selected_by="test", experiment="e", tracking_uri="sqlite:///x",
+                              checkpoint_uri=None, code_version="test", scheduler="mopbt", schedule=point.schedule)
+        provenance = doc["export"]["provenance"]
+        assert provenance["reproducible"] is reproducible and provenance["note"] == point.reproducibility.sentence
+        assert f"**{fronts.RETRAIN[reproducible]}**: {provenance['note']}" in text
+        header = [line for line in write_export(doc, tmp_path / f"{point.trial_id}.yaml").read_text().splitlines()
+                  if line.startswith("#")]
+        assert ("# Reproduce it: skipnet train --config" in "\n".join(header)) is reproducible
+        assert reproducible or f"# {provenance['note']}" in header
+        assert (doc["hrl"]["alpha"], doc["hrl"]["lr"]) == (point.schedule[-1]["hrl.alpha"], point.schedule[-1]["hrl.lr"])
 
 
 def test_export_with_no_trial_meeting_the_constraint(searches, mlflow_server, tmp_path):
@@ -493,6 +589,7 @@ def test_mlflow_outage_loses_nothing_and_sync_backfills_once(local_ray, tmp_path
             assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1, 2, 3, 4], key
         assert run.info.status == "FINISHED" and run.data.tags["tune_status"] == "completed"
         assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["checkpoint", "train_config.yaml"]
+        assert "pid" not in run.data.metrics and "timestamp" not in run.data.metrics     # Ray's bookkeeping
         # ended when the trial ended (its last result, or later if the callback saw the end), not at the sync
         last = frames[run.data.tags["trial_id"]]["timestamp"].max() * 1000
         assert run.info.start_time <= last <= run.info.end_time < synced_at

@@ -3,7 +3,6 @@ MLflow server) whose parent run's hypervolume history is replayed from its trial
 whose parent run's description shows its last front (``assert_front_shown``)."""
 import json
 import math
-import re
 import shlex
 
 import pytest
@@ -15,7 +14,7 @@ from skipnet.errors import ConfigError
 from skipnet.tune.experiment import load_experiment
 from skipnet.tune.live_front import LiveFront
 from skipnet.tune.runner import run_search
-from test_search import experiment
+from test_search import description_commands, description_table, experiment, row_trial
 
 REFERENCE = (10.0, 100.0)                        # 10 classes: chance accuracy, full computation
 
@@ -185,35 +184,40 @@ def test_search_logs_its_front_as_results_arrive(tmp_path, mlflow_server, local_
 
 def assert_front_shown(client, parent_run_id, when):
     """The MLflow UI shows the search's front (what ``skipnet pareto`` computes from MLflow now):
-    the parent run's description (``when`` its update) has one table row per front trial,
-    cheapest first, with its metrics and an export command that selects exactly it, run through
-    the real CLI parser and selection; each trial's run carries its rank and colour; the search's
-    saved view, run as the UI runs it, lists the search's runs front first."""
+    the parent run's description (``when`` its update) has one table row per front point, best
+    first (the knee, then by the hypervolume each adds), with its metrics, its final alpha and
+    whether retraining reproduces it, and an export command that selects exactly it, run
+    through the real CLI parser and selection; each trial's run carries its rank and colour;
+    the search's saved view, run as the UI runs it, lists the search's runs front first."""
     parent = client.get_run(parent_run_id)
     front = fronts.analyse(parent.data.tags["search_id"], parent_run_id, tracking.search_trials(client, parent))
     text = parent.data.tags[mlflow_ui.NOTE]
-    assert text.startswith(f"**Front: {len(front.front)} of {len(front.trials)} trials** ({when}") \
-        and f"hypervolume {front.hypervolume_pct:.2f} %" in text.splitlines()[0]
-    rows = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines()
-            if line.startswith("| ") and not line.startswith("| trial ")]
-    shown = [re.match(r"\[?([\w@.-]+)", row[0]).group(1) for row in rows]     # threshold points: ID@T
-    assert shown == [t.trial_id for t in front.front]
-    for t, row in zip(front.front, rows):
-        assert row[-3:-1] == [f"{t.accuracy:.2f}", f"{t.computation:.2f}"], t.trial_id
-        assert ("(knee)" in row[0]) == (t.trial_id == front.knee.trial_id)
-    commands = text.split("```")[1].strip().splitlines()
-    assert len(commands) == len(front.front)
-    for t, row, line in zip(front.front, rows, commands):
-        command, comment = line.split("#", 1)
-        assert comment.split()[0] == t.trial_id and f" {row[-1].strip('`')} " in command
+    assert text.startswith(f"**Front: {len(front.front)} of {len(front.trials)} points**, hypervolume "
+                           f"{front.hypervolume_pct:.2f} %;") and f"This front: {when}" in text
+    headers, rows = description_table(text)
+    shown = [row_trial(row[0]) for row in rows]                        # threshold points: ID@T
+    best = front.best_first()
+    assert shown == [t.trial_id for t in best] and best[0].trial_id == front.knee.trial_id
+    for t, row in zip(best, rows):
+        cell = dict(zip(headers, row))
+        assert (cell["val_top1"], cell["comp. %"]) == (f"{t.accuracy:.2f}", f"{t.computation:.2f}"), t.trial_id
+        assert row[0].startswith("**") == (t.trial_id == front.knee.trial_id)     # the knee, in bold
+        assert float(cell["alpha"]) == pytest.approx(float(t.config["hrl.alpha"]), rel=1e-3)
+        assert cell["retrains"] == fronts.RETRAIN[t.reproducibility.reproducible]
+        assert t.reproducibility.sentence in text                    # what "retrains" says, word for word
+    uri, commands = description_commands(text)
+    assert uri == (None if client.tracking_uri == tracking.default_tracking_uri() else client.tracking_uri)
+    assert len(commands) == len(best) and max(len(line) for line in text.split("```")[1].splitlines()) <= 100
+    for t, (remark, command) in zip(best, commands):
+        assert remark.split()[0] == t.trial_id
         argv = shlex.split(command)
         args = build_parser().parse_args(argv[1:])
         assert argv[0] == "skipnet" and args.command == "export" and args.search == front.search_id
-        store = tracking.open_store(args.tracking_uri)
+        store = tracking.open_store(args.tracking_uri or uri)
         trials = [p for run in tracking.find_searches(store, args.search) for p in tracking.search_trials(store, run)]
         picked = fronts.select(trials, max_computation=args.max_computation, min_accuracy=args.min_accuracy,
                                knee=args.knee, trial_id=args.trial)
-        assert picked.run_id == t.run_id, (line, picked.trial_id)
+        assert picked.trial_id == t.trial_id, (command, picked.trial_id)
     ranks = tracking.run_ranks(front.trials, front.rank)       # a trial's best point (its own or ID@T)
     for run_id, rank in ranks.items():
         tags = client.get_run(run_id).data.tags
@@ -226,5 +230,5 @@ def assert_front_shown(client, parent_run_id, when):
     listed = client.search_runs([experiment.experiment_id], filter_string=state["searchFilter"],
                                 order_by=[f"{state['orderByKey']} {'ASC' if state['orderByAsc'] else 'DESC'}"])
     assert {r.info.run_id for r in listed} == {parent_run_id, *ranks}          # no shared SP run
-    front_runs = {t.run_id for t in front.front}
+    front_runs = {run_id for run_id, rank in ranks.items() if rank == 0}     # copies of a front point too
     assert {r.info.run_id for r in listed[:len(front_runs)]} == front_runs

@@ -2,14 +2,18 @@
 import dataclasses
 import json
 import math
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from mlflow.tracking import MlflowClient
 
-from skipnet import export, tracking
+from skipnet import export, fronts, mlflow_ui, tracking
 from skipnet.cli import _schedule
 from skipnet.config import from_dict
 from skipnet.tune.experiment import ExperimentConfig
@@ -28,6 +32,31 @@ TINY_TRAIN = {
 SPACE = {"hrl.alpha": {"type": "loguniform", "low": 1e-3, "high": 1.0},
          "hrl.lr": {"type": "loguniform", "low": 1e-3, "high": 3e-2},
          "model.gate": {"type": "choice", "values": ["feedforward_conv", "recurrent"]}}
+
+
+def description_table(text):
+    """The front table of a parent run's description: (headers, rows of cells), each cell
+    without the padding that keeps MLflow's cells apart (``fronts.CELL_GAP``)."""
+    lines = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| ... ")]
+    raw = [line.strip()[2:-2].split(" | ") for line in lines]
+    assert raw and all(c.endswith(fronts.CELL_GAP) for row in raw for c in row), text[:500]     # every cell padded
+    cells = [[c[:-len(fronts.CELL_GAP)].replace("&nbsp;", " ").strip() for c in row] for row in raw]
+    assert cells[0][0] == "trial" and {len(row) for row in cells} == {len(cells[0])}, text[:500]
+    return cells[0], cells[1:]
+
+
+def row_trial(cell):
+    """The trial id of a front table's first cell (``**[ID](link)** · same point: ...``; bold: the knee)."""
+    return re.match(r"\**\[?([\w@.-]+)", cell).group(1)
+
+
+def description_commands(text):
+    """The export commands of a parent run's description: (store URI or None, [(trial id and
+    remark, command line)]), each command under its ``# trial`` line."""
+    lines = text.split("```")[1].strip().splitlines()
+    uri = lines.pop(0).split("=", 1)[1] if lines[0].startswith("export MLFLOW_TRACKING_URI=") else None
+    assert len(lines) % 2 == 0 and all(line.startswith("# ") for line in lines[::2]), lines
+    return uri, [(remark[2:], command) for remark, command in zip(lines[::2], lines[1::2])]
 
 
 def experiment(tmp_path, tracking_uri, name, **over):
@@ -72,6 +101,9 @@ def test_asha_search_through_mlflow_server(tmp_path, mlflow_server, local_ray):
         assert (tags["stopped_early"] == "true") == (len(steps) < 4)
         assert run.info.artifact_uri.startswith("mlflow-artifacts:")       # uploaded through the server
         assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["checkpoint", "train_config.yaml"]
+        # Ray's bookkeeping (pid, node, clocks) is no metric; what the model did is
+        assert not {"pid", "timestamp", "time_since_restore", "iterations_since_restore"} & run.data.metrics.keys()
+        assert {"val_top1", "training_iteration", "time_this_iter_s"} <= run.data.metrics.keys()
         # the checkpoint is the trial's last one: the model its last metrics describe
         assert tags["checkpoint_path"].endswith(f"checkpoint_{len(steps) - 1:06d}"), tags["checkpoint_path"]
     assert stopped >= 1, "ASHA stopped no trial"
@@ -169,7 +201,10 @@ def test_pbt_population_of_four_exploits_within_each_gate_family(tmp_path, mlflo
         assert doc["hrl"]["alpha"] == results[trial_id][-1]["alpha"]
 
 
-def test_mopbt_exploits_by_pareto_rank_and_keeps_a_spread_front(tmp_path, mlflow_server, local_ray):
+@pytest.fixture(scope="module")
+def mopbt(tmp_path_factory, mlflow_server, local_ray):
+    """An MO-PBT search of six members that exploit each other (the tests below share it)."""
+    tmp_path = tmp_path_factory.mktemp("mopbt")
     mutations = tmp_path / "mutations.yaml"
     mutations.write_text("hrl.lr: {type: loguniform, low: 5.0e-3, high: 2.0e-2}\n"
                          "hrl.alpha: {type: loguniform, low: 0.3, high: 3.0}\n")
@@ -185,6 +220,11 @@ def test_mopbt_exploits_by_pareto_rank_and_keeps_a_spread_front(tmp_path, mlflow
                      scheduler={"type": "mopbt", "perturbation_interval": 1, "mutations": str(mutations)})
     summary = run_search(exp)
     assert summary.errors == 0
+    return summary
+
+
+def test_mopbt_exploits_by_pareto_rank_and_keeps_a_spread_front(mopbt, mlflow_server):
+    summary = mopbt
     results = trial_results(summary)
     assert len(results) == 6
     check_exploits(summary, results, (0.3, 3.0), (5e-3, 2e-2))
@@ -198,6 +238,87 @@ def test_mopbt_exploits_by_pareto_rank_and_keeps_a_spread_front(tmp_path, mlflow
         assert (d["donor"] is None or d["donor"] in d["upper"]) and (d["donor"] is None) == (d["trial"] not in d["lower"])
     final = np.array([[rows[-1]["val_top1"], rows[-1]["val_computation_pct"]] for rows in results.values()])
     assert is_pareto_front(final, ["max", "min"]).sum() >= 3, final
+    # the front as MLflow shows it: each point once, copies of it named beside it
+    client = MlflowClient(mlflow_server["url"])
+    front = fronts.analyse(summary.search_id, summary.parent_run_id,
+                           tracking.search_trials(client, client.get_run(summary.parent_run_id)))
+    points = [(t.accuracy, t.computation) for t in front.front]
+    assert len(set(points)) == len(points)
+    on_front = {t.trial_id for t, r in zip(front.trials, front.rank) if r == 0}
+    assert on_front == {t.trial_id for t in front.front} | {c for cs in front.copies.values() for c in cs}
+    _, rows = description_table(client.get_run(summary.parent_run_id).data.tags[mlflow_ui.NOTE])
+    assert len(rows) == len(front.front)
+
+
+def final_values(rows) -> tuple[float, float]:
+    """(alpha, lr) a trial ended with: what its last report was trained with."""
+    last = json.loads(rows[-1]["hyperparameter_schedule"])[-1]
+    return last["hrl.alpha"], last["hrl.lr"]
+
+
+def test_mopbt_trials_list_the_hyperparameters_they_ended_with(mopbt, mlflow_server):
+    """An exploited member's alpha and lr in MLflow (its params), in the trials that ``skipnet
+    pareto`` and ``skipnet export`` read and in the parent run's front table are the values it
+    ended with, not those it started with (params cannot change: they are logged at its end)."""
+    results = trial_results(mopbt)
+    client = MlflowClient(mlflow_server["url"])
+    runs = {r.data.tags["trial_id"]: r for r in children(client, mopbt)}
+    changed = [tid for tid, rows in results.items()
+               if final_values(rows) != (rows[0]["config"]["hrl"]["alpha"], rows[0]["config"]["hrl"]["lr"])]
+    assert changed, "no member's hyperparameters changed"
+    points = {p.trial_id: p for p in tracking.search_trials(client, client.get_run(mopbt.parent_run_id))}
+    for tid, rows in results.items():
+        alpha, lr = final_values(rows)
+        params = runs[tid].data.params
+        assert (params["hrl.alpha"], params["hrl.lr"]) == (str(alpha), str(lr)), tid
+        assert (points[tid].config["hrl.alpha"], points[tid].config["hrl.lr"]) == (str(alpha), str(lr))
+    text = client.get_run(mopbt.parent_run_id).data.tags[mlflow_ui.NOTE]
+    headers, table = description_table(text)
+    listed = [row_trial(row[0]).split("@")[0] for row in table]
+    for tid, row in zip(listed, table):
+        cell = dict(zip(headers, row))
+        alpha, lr = final_values(results[tid])
+        assert (cell["alpha"], cell["lr"]) == (f"{alpha:.4g}", f"{lr:.4g}"), tid
+    # right below the table, the schedule of each listed trial whose alpha or lr changed
+    below = text.split(fronts.SCHEDULES_HEAD)[1].split("Retrains:")[0] if fronts.SCHEDULES_HEAD in text else ""
+    scheduled = {re.match(r"- \[?([\w.-]+)", line).group(1): line.split(": ", 1)[1]
+                 for line in below.splitlines() if line.startswith("- ")}
+    expected = {tid: fronts.schedule_text(json.loads(results[tid][-1]["hyperparameter_schedule"])) for tid in listed}
+    assert scheduled == {tid: text for tid, text in expected.items() if text}
+    assert not scheduled or text.rindex("&nbsp; |") < text.index(fronts.SCHEDULES_HEAD)
+
+
+def test_mopbt_export_of_an_exploited_trial_says_one_thing(mopbt, mlflow_server, tmp_path):
+    """``skipnet export`` of an exploited member, its file and the parent run's description say
+    the same: retraining does not reproduce it, its model is its checkpoint."""
+    client = MlflowClient(mlflow_server["url"])
+    runs = {r.data.tags["trial_id"]: r for r in children(client, mopbt)}
+    exploited = sorted(tid for tid, run in runs.items() if len(_schedule(run)) > 1)      # its schedule changed
+    assert exploited
+    trials = tracking.search_trials(client, client.get_run(mopbt.parent_run_id))
+    shown = {t.trial_id for t in fronts.analyse(mopbt.search_id, mopbt.parent_run_id, trials).front}
+    trial_id = next((tid for tid in exploited if tid in shown), exploited[0])      # on the front if one is
+    out = tmp_path / "exported.yaml"
+    result = subprocess.run([sys.executable, "-m", "skipnet", "export", mopbt.search_id, "--trial", trial_id,
+                             "-o", str(out), "--tracking-uri", mlflow_server["url"]],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "reproduce it: skipnet train" not in result.stdout.lower()
+    assert f"runs:/{runs[trial_id].info.run_id}/checkpoint" in result.stdout
+    point = next(t for t in trials if t.trial_id == trial_id)
+    verdict = point.reproducibility
+    assert not verdict.reproducible and "MO-PBT" in verdict.sentence and verdict.sentence in result.stdout
+    file = out.read_text()
+    provenance = yaml.safe_load(file)["export"]["provenance"]
+    assert provenance["reproducible"] is False and provenance["note"] == verdict.sentence
+    header = [line for line in file.splitlines() if line.startswith("#")]
+    assert verdict.sentence in " ".join(header) and "reproduce it: skipnet train" not in " ".join(header).lower()
+    text = client.get_run(mopbt.parent_run_id).data.tags[mlflow_ui.NOTE]
+    assert "retrains it" not in text and (trial_id not in shown or verdict.sentence in text)
+    headers, rows = description_table(text)
+    for row in rows:
+        t = next(p for p in trials if p.trial_id == row_trial(row[0]))
+        assert dict(zip(headers, row))["retrains"] == fronts.RETRAIN[t.reproducibility.reproducible]
 
 
 def test_optuna_multi_objective_search(tmp_path, mlflow_server, local_ray):
