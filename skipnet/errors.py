@@ -24,6 +24,11 @@ class ConfigError(SkipNetError, ValueError):
         prefix = f"{source}: " if source else ""
         super().__init__(f"{prefix}{path}: must be {accepted} (got {value!r})")
 
+    def __reduce__(self):
+        # rebuilt from its fields, not from the message: Ray pickles a trial's error to the
+        # driver, and an error that cannot be rebuilt there ends the whole search instead of the trial
+        return type(self), (self.path, self.value, self.accepted, self.source)
+
     def with_source(self, source: str) -> "ConfigError":
         """The same error, attributed to a file."""
         return ConfigError(self.path, self.value, self.accepted, source=source)

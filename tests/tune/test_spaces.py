@@ -326,3 +326,12 @@ def test_optuna_refuses_what_tpe_cannot_sample(data, path, accepted):
     with pytest.raises(ConfigError) as info:
         to_optuna_distributions(SearchSpace.from_dict(data, source="x.yaml"))
     assert str(info.value).startswith(f"x.yaml: {path}:") and accepted in str(info.value)
+
+
+def test_config_errors_survive_pickling():
+    """Ray pickles a trial's error to the driver (a reused actor's ``reset`` raising one): it must
+    come back as the same error, else Tune ends the whole search ("Failed to deserialize")."""
+    import pickle
+    err = ConfigError("data.root", "/no/cifar", "an existing directory", source="x.yaml")
+    back = pickle.loads(pickle.dumps(err))
+    assert type(back) is ConfigError and str(back) == str(err) and back.path == "data.root"
