@@ -447,9 +447,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def _schedule(run) -> list | None:
     """The trial's hyperparameter schedule (PBT, MO-PBT), as its MLflow run's tag holds it."""
-    import json
-    text = run.data.tags.get("hyperparameter_schedule")
-    return json.loads(text) if text else None
+    from skipnet.fronts import parse_schedule
+    return parse_schedule(run.data.tags.get("hyperparameter_schedule")) or None
 
 
 def cmd_sync_mlflow(args: argparse.Namespace) -> int:
