@@ -209,8 +209,9 @@ def _print_summary(summary) -> None:
     print(f"compare fronts: skipnet pareto {summary.search_id}{uri}   (this search's front; with another search "
           f"overlaid: skipnet pareto {summary.search_id} OTHER_SEARCH_ID{uri})")
     if knee is not None:
-        print(f"export the knee: skipnet export {summary.search_id}{uri} --knee -o best.yaml   "
-              f"(then: skipnet train --config best.yaml)")
+        then = ("then: skipnet train --config best.yaml" if knee.reproducibility.reproducible else
+                "retraining it does not replay its schedule: its model is its checkpoint, which the export names")
+        print(f"export the knee: skipnet export {summary.search_id}{uri} --knee -o best.yaml   ({then})")
 
 
 def _ui_links(summary) -> list[tuple[str, str]]:
@@ -257,7 +258,8 @@ def _print_front(summary):
                                 iteration=0, num_classes=int(r["num_classes"]) if r.get("num_classes") else None,
                                 status="error" if r["error"] else "done", config=_flat(r["config"] or {}),
                                 metrics={**r.get("curve", {}), **({"gate_threshold": r["gate_threshold"]}
-                                                                  if r.get("gate_threshold") is not None else {})})
+                                                                  if r.get("gate_threshold") is not None else {})},
+                                schedule=r.get("schedule") or [], scheduler=summary.scheduler)
               for r in summary.trials if r.get("val_top1") is not None and r.get("val_computation_pct") is not None]
     points = [p for t in trials for p in fronts.with_threshold_points(t)]
     try:
@@ -275,8 +277,14 @@ def _print_front(summary):
         config = {k: v for k, v in t.config.items() if k != "model.gate_threshold"}
         cfg = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in config.items())
         print(f"  {t.trial_id:<{width}} {t.accuracy:>8.2f} {t.computation:>6.1f}  {cfg}"
-              f"{'   <- knee' if t.trial_id == front.knee.trial_id else ''}")
+              f"{'   <- knee' if t.trial_id == front.knee.trial_id else ''}{_same_point(front.copies, t.trial_id)}")
     return front.knee
+
+
+def _same_point(copies: dict[str, list[str]], trial_id: str) -> str:
+    """``   (same point: t2 t3)`` for a front point that other trials share (PBT copies), else ""."""
+    others = copies.get(trial_id, [])
+    return f"   (same point: {' '.join(others)})" if others else ""
 
 
 def _flat(config: dict) -> dict:
@@ -384,7 +392,7 @@ def cmd_pareto(args: argparse.Namespace) -> int:
         print(f"  {'trial':<{width}} {'val_top1':>8} {'comp%':>7} {'steps':>5}  run")
         for row in rows:
             print(f"  {row['trial']:<{width}} {row['val_top1']:>8.2f} {row['computation_pct']:>7.2f} {row['steps']:>5}"
-                  f"  {row['run_id']}{'  <- knee' if row['knee'] else ''}")
+                  f"  {row['run_id']}{'  <- knee' if row['knee'] else ''}{_same_point(f.copies, row['trial'])}")
         if any(t.swept for t in f.trials):
             print("  (TRIAL@T: that trial's model at gate threshold T; skipnet export writes model.gate_threshold: T)")
     if not args.no_log and overlay:

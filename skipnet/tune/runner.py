@@ -20,6 +20,7 @@ from typing import Any
 from skipnet import storage
 from skipnet.config import from_dict, to_dict
 from skipnet.errors import ConfigError, SkipNetError
+from skipnet.fronts import parse_schedule
 from skipnet.tune.cost import SEARCH_FILE
 from skipnet.tune.experiment import PBT_TYPES, ExperimentConfig
 from skipnet.tune.sharing import SP_DIR, SPPlan, plan_sharing, sp_key
@@ -38,6 +39,7 @@ class SearchSummary:
     trials: list[dict[str, Any]]         # one row per trial: id, status, config, last metrics
     errors: int
     sp_runs: int = 0                     # SP trials of the SP phase (0: every trial trained its own SP)
+    scheduler: str | None = None         # the experiment's scheduler type (PBT ones change a trial's config)
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -338,6 +340,7 @@ def _phases(exp: ExperimentConfig, search_id: str, path: str, parent: str, uri: 
     stopping.check(path)
     summary = _summary(results, search_id, path, parent, uri)
     summary.sp_runs = len(shared.checkpoints) if shared else 0
+    summary.scheduler = exp.scheduler.type
     return summary
 
 
@@ -476,7 +479,8 @@ def _summary(results, search_id: str, path: str, parent: str, uri: str) -> Searc
                      **{k: m.get(k) for k in ("training_iteration", "val_top1", "val_computation_pct",
                                               "val_block_count_pct", "objective", "test_top1", "num_classes",
                                               "val_difficulty_spearman", "val_distinct_paths", "gate_threshold")},
-                     "curve": {k: v for k, v in m.items() if k.startswith("threshold_curve/")}})
+                     "curve": {k: v for k, v in m.items() if k.startswith("threshold_curve/")},
+                     "schedule": parse_schedule(m.get("hyperparameter_schedule"))})
     return SearchSummary(search_id, path, parent, uri, rows, sum(row["error"] for row in rows))
 
 

@@ -248,6 +248,16 @@ def test_mopbt_exploits_by_pareto_rank_and_keeps_a_spread_front(mopbt, mlflow_se
     assert on_front == {t.trial_id for t in front.front} | {c for cs in front.copies.values() for c in cs}
     _, rows = description_table(client.get_run(summary.parent_run_id).data.tags[mlflow_ui.NOTE])
     assert len(rows) == len(front.front)
+    # and as `skipnet pareto` prints it: one row per point, the trials sharing it named on its row
+    result = subprocess.run([sys.executable, "-m", "skipnet", "pareto", summary.search_id, "--no-log",
+                             "--tracking-uri", mlflow_server["url"]], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    printed = {line.split()[0]: line for line in result.stdout.splitlines()
+               if line.startswith("  ") and len(line.split()) > 4 and line.split()[0] in on_front}
+    assert set(printed) == {t.trial_id for t in front.front}, result.stdout
+    for trial_id, line in printed.items():
+        others = front.copies.get(trial_id)
+        assert line.endswith(f"(same point: {' '.join(others)})") if others else "same point" not in line, line
 
 
 def final_values(rows) -> tuple[float, float]:
@@ -286,6 +296,20 @@ def test_mopbt_trials_list_the_hyperparameters_they_ended_with(mopbt, mlflow_ser
     expected = {tid: fronts.schedule_text(json.loads(results[tid][-1]["hyperparameter_schedule"])) for tid in listed}
     assert scheduled == {tid: text for tid, text in expected.items() if text}
     assert not scheduled or text.rindex("&nbsp; |") < text.index(fronts.SCHEDULES_HEAD)
+
+
+def test_mopbt_summary_says_what_exporting_its_knee_gives(mopbt, capsys):
+    """The search summary's last line tells to retrain the knee's export only when retraining
+    reproduces it: not when PBT changed the knee's hyperparameters or weights."""
+    from skipnet import cli
+    capsys.readouterr()
+    cli._print_summary(mopbt)
+    out = capsys.readouterr().out
+    knee_id = next(line.split()[0] for line in out.split("\nfront: ")[1].splitlines() if "<- knee" in line)
+    rows = trial_results(mopbt)[knee_id.split("@")[0]]
+    changed = len(json.loads(rows[-1]["hyperparameter_schedule"])) > 1
+    (hint,) = [line for line in out.splitlines() if line.startswith("export the knee:")]
+    assert ("then: skipnet train --config best.yaml" in hint) is not changed, (knee_id, hint)
 
 
 def test_mopbt_export_of_an_exploited_trial_says_one_thing(mopbt, mlflow_server, tmp_path):
