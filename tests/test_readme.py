@@ -119,7 +119,7 @@ def test_readme_commands_run_as_written(tmp_path):
             found = re.search(r"^search (\S+): \d+ trials", result.stdout, flags=re.M)
             assert found, result.stdout[-2000:]
             ids.setdefault(found.group(1).rsplit("-", 2)[0], found.group(1))
-            marked = re.search(r"^  (\S+) .*<- knee$", result.stdout, flags=re.M)
+            marked = re.search(r"^  (\S+) .*<- knee(   \(same point: .*\))?$", result.stdout, flags=re.M)
             knee = knee or (marked.group(1) if marked else "")
             last = result.stdout.strip().splitlines()[-1]              # a clean end: the summary is last
             assert last.startswith(("export the knee:", "compare fronts:")), output[-2000:]
