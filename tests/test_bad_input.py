@@ -19,6 +19,8 @@ import pytest
 
 from conftest import free_port
 
+pytestmark = pytest.mark.slow      # some 40 CLI processes, each importing torch, ray and mlflow
+
 TRAIN = """\
 data: {name: synthetic, synthetic_size: 200, synthetic_test_size: 50, val_size: 20}
 sp: {iterations: 2, batch_size: 8, eval_every: 1}

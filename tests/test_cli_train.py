@@ -8,6 +8,8 @@ import torch
 
 import skipnet
 
+pytestmark = pytest.mark.slow      # trains and evaluates through the CLI (subprocesses)
+
 
 def run(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "skipnet", *args], capture_output=True, text=True,

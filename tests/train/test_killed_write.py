@@ -12,6 +12,8 @@ import pytest
 
 from skipnet.checkpoint import read_checkpoint
 
+pytestmark = pytest.mark.slow      # trains, kills and resumes real processes
+
 TINY = ["--set", "data.synthetic_size=600", "--set", "data.synthetic_test_size=100", "--set", "data.val_size=100",
         "--set", "sp.iterations=40", "--set", "hrl.iterations=10", "--set", "sp.batch_size=8",
         "--set", "hrl.batch_size=8", "--set", "sp.eval_every=1", "--set", "hrl.eval_every=5",
