@@ -10,7 +10,7 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 #: Fixtures that start Ray or a server: every test using one is in the slow tier. The fast tier
 #: (``pytest -m "not slow"``, for the edit-test loop) is every test needing no Ray, no server
 #: and no training run; modules that train or run the CLI end to end mark themselves slow.
-SLOW_FIXTURES = frozenset({"local_ray", "mlflow_server", "s3_server"})
+SLOW_FIXTURES = frozenset({"local_ray", "mlflow_server", "s3_server", "ray_head"})
 
 
 def pytest_collection_modifyitems(config, items):

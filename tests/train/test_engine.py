@@ -7,6 +7,8 @@ from skipnet.errors import ConfigError
 from skipnet.train import Engine, gate_returns, reinforce_loss
 from skipnet.train.steps import advantages, bernoulli_entropy, greedy_returns
 
+pytestmark = pytest.mark.slow      # trains engines (SP, HRL, resume equivalence)
+
 SMALL = {"data.synthetic_size": 1200, "data.synthetic_test_size": 200, "data.val_size": 200,
          "sp.batch_size": 16, "hrl.batch_size": 16, "eval.batch_size": 100, "model.arch": "cifar10_rnn_gate_38"}
 

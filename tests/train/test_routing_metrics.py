@@ -14,6 +14,8 @@ from skipnet.models.gates import GateMode, decide
 from skipnet.train import Engine
 from skipnet.train.evaluate import FULL_EXECUTION_LOSS, SYNTHETIC_DIFFICULTY, evaluate, spearman
 
+pytestmark = pytest.mark.slow      # trains engines to check the routing metrics they report
+
 
 @pytest.fixture(scope="module")
 def val():
