@@ -63,8 +63,8 @@ def answer_time(fn, repeats: int) -> float:
 
 def write_search(uri: str, trials: int) -> str:
     """A search of ``trials`` finished trials, logged as ``skipnet search`` logs one; its id."""
-    from skipnet.config import to_dict
-    from skipnet.config import TrainConfig
+    from skipnet.core.config import to_dict
+    from skipnet.core.config import TrainConfig
     from skipnet.tracking import SearchTracker
     search_id = "latency-20261130-000000"
     tracker = SearchTracker(uri, "cli-latency")

@@ -45,8 +45,8 @@ def _curve_table(metrics: dict[str, Any]) -> str | None:
 def cmd_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from skipnet.config import load_train_config, parse_overrides
-    from skipnet.train.run import fit
+    from skipnet.core.config import load_train_config, parse_overrides
+    from skipnet.core.train.run import fit
 
     cfg = load_train_config(args.config, parse_overrides(args.set))
     sp_steps = cfg.sp.iterations if cfg.stage in ("base", "sp", "pipeline") else 0
@@ -108,13 +108,13 @@ class _ProgressLines:
 def cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
-    from skipnet.checkpoint import is_authors_layout, load_checkpoint, read_checkpoint, recorded_model
-    from skipnet.config import DataConfig, from_dict
-    from skipnet.data import build_splits
-    from skipnet.flops import block_costs
-    from skipnet.models import create_model
-    from skipnet.train.engine import resolve_device
-    from skipnet.train.evaluate import evaluate
+    from skipnet.core.checkpoint import is_authors_layout, load_checkpoint, read_checkpoint, recorded_model
+    from skipnet.core.config import DataConfig, from_dict
+    from skipnet.core.data import build_splits
+    from skipnet.core.flops import block_costs
+    from skipnet.core.models import create_model
+    from skipnet.core.train.engine import resolve_device
+    from skipnet.core.train.evaluate import evaluate
 
     try:
         ckpt = read_checkpoint(args.checkpoint)
@@ -288,12 +288,12 @@ def _same_point(copies: dict[str, list[str]], trial_id: str) -> str:
 
 
 def _flat(config: dict) -> dict:
-    from skipnet.config import flatten
+    from skipnet.core.config import flatten
     return flatten(config)
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from skipnet.config import parse_overrides
+    from skipnet.core.config import parse_overrides
     from skipnet.tune.experiment import load_experiment
     from skipnet.tune.runner import run_search
 

@@ -62,7 +62,7 @@ def submit(experiment: str, address: str, *, working_dir: str = ".", overrides: 
     _check_dashboard(address)
     env_vars = job_env(env)
     match_dashboard(address)                           # before ray is imported (validation below imports it)
-    from skipnet.config import parse_overrides
+    from skipnet.core.config import parse_overrides
     from skipnet.tune.experiment import load_experiment
     from skipnet.tune.runner import build_scheduler, load_space
     exp = load_experiment(experiment, parse_overrides(overrides))   # refuse bad input before touching the cluster

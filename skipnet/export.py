@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from skipnet.config import load_train_config, to_dict
+from skipnet.core.config import load_train_config, to_dict
 from skipnet.errors import ConfigError, SkipNetError
 from skipnet.fronts import TrialPoint, reproducibility
 
@@ -92,7 +92,7 @@ def export_document(point: TrialPoint, train_config: dict[str, Any], *, selected
 
 def write_export(doc: dict[str, Any], path: str | Path) -> Path:
     """Write atomically: the file appears whole or not at all."""
-    from skipnet.files import write_text_atomic
+    from skipnet.core.files import write_text_atomic
     path = Path(path)
     if not path.parent.is_dir():
         raise ConfigError("-o", str(path), "a file path in an existing directory")

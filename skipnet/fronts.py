@@ -138,7 +138,7 @@ class TrialPoint:
         return reproducibility(self.scheduler, self.schedule)
 
 
-CURVE_PREFIX = "threshold_curve/"          # + "<threshold>/val_<metric>" (skipnet.train.evaluate.curve_key)
+CURVE_PREFIX = "threshold_curve/"          # + "<threshold>/val_<metric>" (skipnet.core.train.evaluate.curve_key)
 SWEEP_SEPARATOR = "@"                      # a threshold point's id: <trial id>@<threshold>
 
 

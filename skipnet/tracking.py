@@ -30,7 +30,7 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from skipnet.config import flatten
+from skipnet.core.config import flatten
 from skipnet.errors import ConfigError, SkipNetError
 from skipnet.fronts import TrialPoint, final_config, parse_schedule, with_threshold_points
 from skipnet.mlflow_ui import FRONT_COLOR, OTHER_COLOR, RUN_COLOR, prepare_ui

@@ -3,8 +3,8 @@ or optuna: those belong to the search, tracking and cluster layers."""
 import subprocess
 import sys
 
-CORE = ["skipnet", "skipnet.models", "skipnet.flops", "skipnet.executor", "skipnet.checkpoint",
-        "skipnet.data", "skipnet.config", "skipnet.train", "skipnet.pareto"]
+CORE = ["skipnet", "skipnet.core.models", "skipnet.core.flops", "skipnet.core.executor", "skipnet.core.checkpoint",
+        "skipnet.core.data", "skipnet.core.config", "skipnet.core.train", "skipnet.pareto"]
 
 
 def test_core_imports_without_ray_mlflow_optuna():

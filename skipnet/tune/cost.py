@@ -24,7 +24,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-from skipnet import storage
+from skipnet.core import storage
 
 log = logging.getLogger(__name__)
 SEARCH_FILE = "skipnet_search.json"

@@ -153,7 +153,7 @@ class MLflowSearchCallback(tune.Callback):
 
     # -- the live front -------------------------------------------------------------------------
     def _add_to_front(self, trial, result: dict[str, Any]) -> None:
-        from skipnet.config import flatten
+        from skipnet.core.config import flatten
         try:
             self.live.add(trial.trial_id, result, flatten(full_train_config(trial.config, self.base_train)))
         except Exception as e:                       # never let bookkeeping fail the search
@@ -199,7 +199,7 @@ class MLflowSearchCallback(tune.Callback):
         tags = completion_tags(trial.last_result or {}, self.max_steps)
         checkpoint = trial.checkpoint                # the latest: the model the last metrics describe
         if checkpoint is not None:
-            from skipnet.storage import uri_of
+            from skipnet.core.storage import uri_of
             tags["checkpoint_path"] = uri_of(checkpoint.path, checkpoint.filesystem)   # s3://... keeps its scheme
             with checkpoint.as_directory() as directory:
                 self.tracker.log_checkpoint(run_id, directory)
@@ -265,7 +265,7 @@ class MLflowSearchCallback(tune.Callback):
 
 def full_train_config(config: dict[str, Any], base_train: dict[str, Any]) -> dict[str, Any]:
     """The trial's whole TrainConfig (shared settings plus its sampled values) as a dict."""
-    from skipnet.config import flatten, load_train_config, to_dict
+    from skipnet.core.config import flatten, load_train_config, to_dict
     try:
         return to_dict(load_train_config(None, flatten(config), base=dict(base_train)))
     except Exception:                       # never let bookkeeping fail a trial

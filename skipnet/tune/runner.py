@@ -17,8 +17,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from skipnet import storage
-from skipnet.config import from_dict, to_dict
+from skipnet.core import storage
+from skipnet.core.config import from_dict, to_dict
 from skipnet.errors import ConfigError, SkipNetError
 from skipnet.fronts import parse_schedule
 from skipnet.tune.cost import SEARCH_FILE
@@ -272,7 +272,7 @@ def build_sp_tuner(exp: ExperimentConfig, search_id: str, parent_run_id: str, tr
 
 def _shared_sp(exp: ExperimentConfig, results, tracking_uri: str, parent_run_id: str) -> SharedSP:
     """Map each SP trial's configuration to its final checkpoint and MLflow run."""
-    from skipnet.config import flatten, load_train_config
+    from skipnet.core.config import flatten, load_train_config
     from skipnet.tracking import SearchTracker
     failed = [r for r in results if r.error is not None or r.checkpoint is None]
     if failed:
@@ -547,7 +547,7 @@ def _sync_trials(tracker, root: str, exp: ExperimentConfig, tags: dict[str, str]
     trial has ended. ``later``: keys logged as params once the trial has ended (``changing_keys``)."""
     from ray.tune import ExperimentAnalysis
 
-    from skipnet.config import flatten, load_train_config
+    from skipnet.core.config import flatten, load_train_config
     from skipnet.tracking import result_tags
     from skipnet.tune.mlflow_callback import _get, completion_tags, full_train_config
     try:

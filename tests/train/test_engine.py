@@ -2,10 +2,10 @@
 import pytest
 import torch
 
-from skipnet.config import load_train_config
+from skipnet.core.config import load_train_config
 from skipnet.errors import ConfigError
-from skipnet.train import Engine, gate_returns, reinforce_loss
-from skipnet.train.steps import advantages, bernoulli_entropy, greedy_returns
+from skipnet.core.train import Engine, gate_returns, reinforce_loss
+from skipnet.core.train.steps import advantages, bernoulli_entropy, greedy_returns
 
 SMALL = {"data.synthetic_size": 1200, "data.synthetic_test_size": 200, "data.val_size": 200,
          "sp.batch_size": 16, "hrl.batch_size": 16, "eval.batch_size": 100, "model.arch": "cifar10_rnn_gate_38"}
@@ -136,7 +136,7 @@ def test_evaluation_never_changes_training(image_folder, num_workers):
 
 
 def test_first_hrl_chunk_of_a_pipeline_uses_hrl_eval_every(tmp_path):
-    from skipnet.train.run import fit
+    from skipnet.core.train.run import fit
     evaluated = []
     fit(small_cfg(tmp_path, **{"sp.iterations": 4, "sp.eval_every": 4, "hrl.iterations": 4, "hrl.eval_every": 2}),
         on_eval=lambda m: evaluated.append((m["stage"], m["iteration"])))

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from skipnet.checkpoint import read_checkpoint
+from skipnet.core.checkpoint import read_checkpoint
 
 TINY = ["--set", "data.synthetic_size=600", "--set", "data.synthetic_test_size=100", "--set", "data.val_size=100",
         "--set", "sp.iterations=40", "--set", "hrl.iterations=10", "--set", "sp.batch_size=8",

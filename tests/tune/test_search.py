@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from skipnet import export, fronts, mlflow_ui, tracking
 from skipnet.cli import _schedule
-from skipnet.config import from_dict
+from skipnet.core.config import from_dict
 from skipnet.tune.experiment import ExperimentConfig
 from skipnet.pareto import is_pareto_front
 from skipnet.tune.pbt import DECISIONS_FILE, population_order

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from skipnet.errors import ConfigError
-from skipnet.models.blocks import conv3x3
+from skipnet.core.models.blocks import conv3x3
 
 
 class GateMode(str, Enum):
