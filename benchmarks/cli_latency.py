@@ -137,17 +137,18 @@ def main() -> None:
     uri = f"sqlite:///{work}/mlflow.db"
     search_id = write_search(uri, args.trials)
     from mlflow.tracking import MlflowClient
-    from skipnet import fronts, tracking
+    from skipnet import tracking
+    from skipnet.fronts import analysis
 
     def pareto_questions():
         client = MlflowClient(uri)
         for run in tracking.find_searches(client, search_id):
-            fronts.analyse(search_id, run.info.run_id, tracking.search_trials(client, run))
+            analysis.analyse(search_id, run.info.run_id, tracking.search_trials(client, run))
 
     def export_questions():
         client = MlflowClient(uri)
         run = tracking.find_searches(client, search_id)[0]
-        point = fronts.select(tracking.search_trials(client, run), knee=True)
+        point = analysis.select(tracking.search_trials(client, run), knee=True)
         with tempfile.TemporaryDirectory() as tmp:
             tracking.download_train_config(client, point.run_id, tmp)
         client.list_artifacts(point.run_id, "checkpoint")

@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from skipnet.core.config import from_dict, load_train_config
-from skipnet.pareto import hypervolume_2d, is_pareto_front
+from skipnet.fronts.pareto import hypervolume_2d, is_pareto_front
 from skipnet.core.train import Engine
 from _common import machine, print_table, save_figure, write_json
 

@@ -30,7 +30,7 @@ _SUMMARY = ["val_top1", "val_top5", "val_computation_pct", "val_block_count_pct"
 
 def _curve_table(metrics: dict[str, Any]) -> str | None:
     """The threshold curve of a final evaluation (``threshold_curve/<t>/val_*``) as a table, or None."""
-    from skipnet.fronts import threshold_curve
+    from skipnet.fronts.analysis import threshold_curve
     curve = threshold_curve(metrics)
     if not curve:
         return None
@@ -250,20 +250,20 @@ def _search_status(summary, verb: str) -> int:
 
 def _print_front(summary):
     """The search's accuracy/computation front as a table; returns its knee trial (or None)."""
-    from skipnet import fronts
+    from skipnet.fronts import analysis
     from skipnet.errors import SkipNetError
-    trials = [fronts.TrialPoint(run_id="", trial_id=r["trial_id"], search_id=summary.search_id,
-                                parent_run_id=summary.parent_run_id, accuracy=float(r["val_top1"]),
-                                computation=float(r["val_computation_pct"]), steps=int(r["training_iteration"] or 0),
-                                iteration=0, num_classes=int(r["num_classes"]) if r.get("num_classes") else None,
-                                status="error" if r["error"] else "done", config=_flat(r["config"] or {}),
-                                metrics={**r.get("curve", {}), **({"gate_threshold": r["gate_threshold"]}
-                                                                  if r.get("gate_threshold") is not None else {})},
-                                schedule=r.get("schedule") or [], scheduler=summary.scheduler)
+    trials = [analysis.TrialPoint(run_id="", trial_id=r["trial_id"], search_id=summary.search_id,
+                                  parent_run_id=summary.parent_run_id, accuracy=float(r["val_top1"]),
+                                  computation=float(r["val_computation_pct"]), steps=int(r["training_iteration"] or 0),
+                                  iteration=0, num_classes=int(r["num_classes"]) if r.get("num_classes") else None,
+                                  status="error" if r["error"] else "done", config=_flat(r["config"] or {}),
+                                  metrics={**r.get("curve", {}), **({"gate_threshold": r["gate_threshold"]}
+                                                                    if r.get("gate_threshold") is not None else {})},
+                                  schedule=r.get("schedule") or [], scheduler=summary.scheduler)
               for r in summary.trials if r.get("val_top1") is not None and r.get("val_computation_pct") is not None]
-    points = [p for t in trials for p in fronts.with_threshold_points(t)]
+    points = [p for t in trials for p in analysis.with_threshold_points(t)]
     try:
-        front = fronts.analyse(summary.search_id, summary.parent_run_id, points)
+        front = analysis.analyse(summary.search_id, summary.parent_run_id, points)
     except SkipNetError:
         return None
     swept = len(points) - len(trials)
@@ -355,7 +355,8 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     import tempfile
     from pathlib import Path
 
-    from skipnet import fronts, mlflow_ui, plots, tracking
+    from skipnet import mlflow_ui, tracking
+    from skipnet.fronts import analysis, plots
 
     if args.output:
         try:
@@ -365,8 +366,8 @@ def cmd_pareto(args: argparse.Namespace) -> int:
             raise ConfigError("--output", args.output, f"a directory that can be created ({e.strerror})") from None
     client = tracking.open_store(args.tracking_uri)
     reference = (args.reference_accuracy, args.reference_computation)
-    results = [fronts.analyse(run.data.tags.get("search_id", run.info.run_name), run.info.run_id,
-                              tracking.search_trials(client, run), reference)
+    results = [analysis.analyse(run.data.tags.get("search_id", run.info.run_name), run.info.run_id,
+                                tracking.search_trials(client, run), reference)
                for run in _searches(client, args.searches)]
     overlay = len(results) > 1               # a comparison: each parent's own front stays as it is
     with tempfile.TemporaryDirectory(prefix="skipnet-pareto-") as tmp:
@@ -374,7 +375,7 @@ def cmd_pareto(args: argparse.Namespace) -> int:
         files = [plots.front_png(results, out / "front.png"), plots.front_html(results, out / "front.html")]
         for f in results:
             csv = out / (f"front-{f.search_id}.csv" if overlay else "front.csv")
-            csv.write_text(fronts.front_csv(f))
+            csv.write_text(analysis.front_csv(f))
             files.append(csv)
         if not args.no_log and overlay:
             logged_to = tracking.log_overlay(client, results, files)
@@ -387,7 +388,7 @@ def cmd_pareto(args: argparse.Namespace) -> int:
               f"{len(f.front)} on the front")
         print(f"  hypervolume {f.hypervolume:.1f} %^2 = {f.hypervolume_pct:.2f} % of the box from the reference "
               f"point (accuracy {f.reference[0]:.2f} %, computation {f.reference[1]:.1f} %)")
-        rows = fronts.table(f)
+        rows = analysis.table(f)
         width = max([14, *(len(row["trial"]) for row in rows)])
         print(f"  {'trial':<{width}} {'val_top1':>8} {'comp%':>7} {'steps':>5}  run")
         for row in rows:
@@ -410,7 +411,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     import tempfile
     from pathlib import Path
 
-    from skipnet import export, fronts, tracking
+    from skipnet import export, tracking
+    from skipnet.fronts import analysis
     from skipnet.errors import ConfigError
 
     for flag, value in (("--max-computation", args.max_computation), ("--min-accuracy", args.min_accuracy)):
@@ -421,8 +423,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     client = tracking.open_store(args.tracking_uri)
     parents = {run.info.run_id: run for run in _searches(client, [args.search])}
     trials = [t for run in parents.values() for t in tracking.search_trials(client, run)]
-    point = fronts.select(trials, max_computation=args.max_computation, min_accuracy=args.min_accuracy,
-                          knee=args.knee, trial_id=args.trial, label=f"search {args.search}")
+    point = analysis.select(trials, max_computation=args.max_computation, min_accuracy=args.min_accuracy,
+                            knee=args.knee, trial_id=args.trial, label=f"search {args.search}")
     selected_by = ("knee of the front" if args.knee else "named by --trial" if args.trial else
                    f"most accurate at <= {args.max_computation:g} % computation" if args.max_computation is not None
                    else f"cheapest at >= {args.min_accuracy:g} % validation top-1")
@@ -455,7 +457,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def _schedule(run) -> list | None:
     """The trial's hyperparameter schedule (PBT, MO-PBT), as its MLflow run's tag holds it."""
-    from skipnet.fronts import parse_schedule
+    from skipnet.fronts.analysis import parse_schedule
     return parse_schedule(run.data.tags.get("hyperparameter_schedule")) or None
 
 

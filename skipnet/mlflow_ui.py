@@ -12,11 +12,11 @@ lets a store set:
   every link written here carries ``workflowType=machine_learning``.
 * **The description** of an experiment or a run is its tag ``mlflow.note.content``, rendered as
   markdown by showdown: tables without borders or cell padding (cells run together unless
-  padded: :data:`skipnet.fronts.CELL_GAP`), headings as plain text, HTML attributes stripped;
+  padded: :data:`skipnet.fronts.analysis.CELL_GAP`), headings as plain text, HTML attributes stripped;
   a run's page shows its first 150 pixels (a line and about three table rows) above "Show
   more". The experiment's shows on top of every tab, the GenAI overview too: it links to the
   latest search's trials and front. The parent run's holds the front, best points first
-  (:func:`skipnet.fronts.front_markdown`), with one ``skipnet export`` command per front point.
+  (:func:`skipnet.fronts.analysis.front_markdown`), with one ``skipnet export`` command per front point.
 * **The runs table** nests child runs under their parent, collapsed, only while it is sorted by
   start time without a filter; its columns are chosen per browser. A *saved view* (experiment
   tag ``mlflow.sharedViewState.<key>``: name, creation time and the table's state as JSON; the
@@ -43,7 +43,7 @@ import time
 from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 
-from skipnet.fronts import SearchFront, front_markdown
+from skipnet.fronts.analysis import SearchFront, front_markdown
 
 NOTE = "mlflow.note.content"                      # description of a run or an experiment (markdown)
 KIND = "mlflow.experimentKind"
@@ -121,7 +121,7 @@ def show_front(client: MlflowClient, front: SearchFront, *, experiment_id: str |
                shown: dict[str, int] | None = None, retry: bool = True) -> dict[str, int]:
     """Put ``front`` where the UI shows it: each trial's ``pareto``, ``pareto_rank`` and run
     colour (:func:`skipnet.tracking.tag_ranks`), and the parent run's description
-    (:func:`~skipnet.fronts.front_markdown`, ``when`` saying how current it is).
+    (:func:`~skipnet.fronts.analysis.front_markdown`, ``when`` saying how current it is).
 
     ``shown``: run id -> rank already tagged (those runs are left alone); returns it updated.
     ``retry=False``: fail at once instead of MLflow's minutes of retries (the live front)."""

@@ -32,9 +32,9 @@ from mlflow.tracking import MlflowClient
 
 from skipnet.core.config import flatten
 from skipnet.errors import ConfigError, SkipNetError
-from skipnet.fronts import TrialPoint, final_config, parse_schedule, with_threshold_points
+from skipnet.fronts.analysis import TrialPoint, final_config, parse_schedule, with_threshold_points
 from skipnet.mlflow_ui import FRONT_COLOR, OTHER_COLOR, RUN_COLOR, prepare_ui
-from skipnet.pareto import NAN_RANK
+from skipnet.fronts.pareto import NAN_RANK
 
 DEFAULT_DB = "mlflow.db"
 TRAIN_CONFIG_ARTIFACT = "train_config.yaml"

@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 CORE = ["skipnet", "skipnet.core.models", "skipnet.core.flops", "skipnet.core.executor", "skipnet.core.checkpoint",
-        "skipnet.core.data", "skipnet.core.config", "skipnet.core.train", "skipnet.pareto"]
+        "skipnet.core.data", "skipnet.core.config", "skipnet.core.train", "skipnet.fronts.pareto"]
 
 
 def test_core_imports_without_ray_mlflow_optuna():

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from skipnet.errors import SkipNetError
-from skipnet.fronts import (CURVE_PREFIX, SearchFront, TrialPoint, analyse, final_config, parse_schedule,
+from skipnet.fronts.analysis import (CURVE_PREFIX, SearchFront, TrialPoint, analyse, final_config, parse_schedule,
                             with_threshold_points)
 
 

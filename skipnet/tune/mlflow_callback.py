@@ -164,8 +164,9 @@ class MLflowSearchCallback(tune.Callback):
     def _log_front(self) -> None:
         """Draw the front over the results so far and log it to the parent run; show it in the
         parent run's description and the trials' ranks and colours (:mod:`skipnet.mlflow_ui`)."""
-        from skipnet import mlflow_ui, plots, tracking
-        from skipnet.fronts import front_csv
+        from skipnet import mlflow_ui, tracking
+        from skipnet.fronts import plots
+        from skipnet.fronts.analysis import front_csv
         update = self.live.update({tid: self.tracker.find_child(tid) or "" for tid in self.live.points})
         if update is None:
             return                                   # no trial reported both metrics yet

@@ -20,7 +20,7 @@ from typing import Any
 from skipnet.core import storage
 from skipnet.core.config import from_dict, to_dict
 from skipnet.errors import ConfigError, SkipNetError
-from skipnet.fronts import parse_schedule
+from skipnet.fronts.analysis import parse_schedule
 from skipnet.tune.cost import SEARCH_FILE
 from skipnet.tune.experiment import PBT_TYPES, ExperimentConfig
 from skipnet.tune.sharing import SP_DIR, SPPlan, plan_sharing, sp_key

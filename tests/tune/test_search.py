@@ -13,11 +13,12 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from skipnet import export, fronts, mlflow_ui, tracking
+from skipnet import export, mlflow_ui, tracking
+from skipnet.fronts import analysis
 from skipnet.cli import _schedule
 from skipnet.core.config import from_dict
 from skipnet.tune.experiment import ExperimentConfig
-from skipnet.pareto import is_pareto_front
+from skipnet.fronts.pareto import is_pareto_front
 from skipnet.tune.pbt import DECISIONS_FILE, population_order
 from skipnet.tune.runner import run_search
 from skipnet.tune.trainable import weights_digest
@@ -36,11 +37,11 @@ SPACE = {"hrl.alpha": {"type": "loguniform", "low": 1e-3, "high": 1.0},
 
 def description_table(text):
     """The front table of a parent run's description: (headers, rows of cells), each cell
-    without the padding that keeps MLflow's cells apart (``fronts.CELL_GAP``)."""
+    without the padding that keeps MLflow's cells apart (``analysis.CELL_GAP``)."""
     lines = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| ... ")]
     raw = [line.strip()[2:-2].split(" | ") for line in lines]
-    assert raw and all(c.endswith(fronts.CELL_GAP) for row in raw for c in row), text[:500]     # every cell padded
-    cells = [[c[:-len(fronts.CELL_GAP)].replace("&nbsp;", " ").strip() for c in row] for row in raw]
+    assert raw and all(c.endswith(analysis.CELL_GAP) for row in raw for c in row), text[:500]     # every cell padded
+    cells = [[c[:-len(analysis.CELL_GAP)].replace("&nbsp;", " ").strip() for c in row] for row in raw]
     assert cells[0][0] == "trial" and {len(row) for row in cells} == {len(cells[0])}, text[:500]
     return cells[0], cells[1:]
 
@@ -240,8 +241,8 @@ def test_mopbt_exploits_by_pareto_rank_and_keeps_a_spread_front(mopbt, mlflow_se
     assert is_pareto_front(final, ["max", "min"]).sum() >= 3, final
     # the front as MLflow shows it: each point once, copies of it named beside it
     client = MlflowClient(mlflow_server["url"])
-    front = fronts.analyse(summary.search_id, summary.parent_run_id,
-                           tracking.search_trials(client, client.get_run(summary.parent_run_id)))
+    front = analysis.analyse(summary.search_id, summary.parent_run_id,
+                             tracking.search_trials(client, client.get_run(summary.parent_run_id)))
     points = [(t.accuracy, t.computation) for t in front.front]
     assert len(set(points)) == len(points)
     on_front = {t.trial_id for t, r in zip(front.trials, front.rank) if r == 0}
@@ -290,12 +291,12 @@ def test_mopbt_trials_list_the_hyperparameters_they_ended_with(mopbt, mlflow_ser
         alpha, lr = final_values(results[tid])
         assert (cell["alpha"], cell["lr"]) == (f"{alpha:.4g}", f"{lr:.4g}"), tid
     # right below the table, the schedule of each listed trial whose alpha or lr changed
-    below = text.split(fronts.SCHEDULES_HEAD)[1].split("Retrains:")[0] if fronts.SCHEDULES_HEAD in text else ""
+    below = text.split(analysis.SCHEDULES_HEAD)[1].split("Retrains:")[0] if analysis.SCHEDULES_HEAD in text else ""
     scheduled = {re.match(r"- \[?([\w.-]+)", line).group(1): line.split(": ", 1)[1]
                  for line in below.splitlines() if line.startswith("- ")}
-    expected = {tid: fronts.schedule_text(json.loads(results[tid][-1]["hyperparameter_schedule"])) for tid in listed}
+    expected = {tid: analysis.schedule_text(json.loads(results[tid][-1]["hyperparameter_schedule"])) for tid in listed}
     assert scheduled == {tid: text for tid, text in expected.items() if text}
-    assert not scheduled or text.rindex("&nbsp; |") < text.index(fronts.SCHEDULES_HEAD)
+    assert not scheduled or text.rindex("&nbsp; |") < text.index(analysis.SCHEDULES_HEAD)
 
 
 def test_mopbt_summary_says_what_exporting_its_knee_gives(mopbt, capsys):
@@ -320,7 +321,7 @@ def test_mopbt_export_of_an_exploited_trial_says_one_thing(mopbt, mlflow_server,
     exploited = sorted(tid for tid, run in runs.items() if len(_schedule(run)) > 1)      # its schedule changed
     assert exploited
     trials = tracking.search_trials(client, client.get_run(mopbt.parent_run_id))
-    shown = {t.trial_id for t in fronts.analyse(mopbt.search_id, mopbt.parent_run_id, trials).front}
+    shown = {t.trial_id for t in analysis.analyse(mopbt.search_id, mopbt.parent_run_id, trials).front}
     trial_id = next((tid for tid in exploited if tid in shown), exploited[0])      # on the front if one is
     out = tmp_path / "exported.yaml"
     result = subprocess.run([sys.executable, "-m", "skipnet", "export", mopbt.search_id, "--trial", trial_id,
@@ -342,7 +343,7 @@ def test_mopbt_export_of_an_exploited_trial_says_one_thing(mopbt, mlflow_server,
     headers, rows = description_table(text)
     for row in rows:
         t = next(p for p in trials if p.trial_id == row_trial(row[0]))
-        assert dict(zip(headers, row))["retrains"] == fronts.RETRAIN[t.reproducibility.reproducible]
+        assert dict(zip(headers, row))["retrains"] == analysis.RETRAIN[t.reproducibility.reproducible]
 
 
 def test_optuna_multi_objective_search(tmp_path, mlflow_server, local_ray):
