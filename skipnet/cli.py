@@ -178,7 +178,7 @@ def _eval_threshold(given: float | None, saved: dict) -> float:
 
 
 def _print_summary(summary) -> None:
-    from skipnet.tracking import default_tracking_uri, ui_hint
+    from skipnet.tracking.runs import default_tracking_uri, ui_hint
     rows = sorted(summary.trials, key=lambda r: (r["error"], -(r.get("objective") or r.get("val_top1") or -1e9)))
     print(f"\nsearch {summary.search_id}: {len(rows)} trials, {summary.errors} failed")
     # rho: Spearman of per-image FLOPs with difficulty; paths: distinct execution paths (1 = static pruning)
@@ -217,14 +217,14 @@ def _print_summary(summary) -> None:
 def _ui_links(summary) -> list[tuple[str, str]]:
     """Where the MLflow UI shows this search: its trials (front first) and its front with the
     export commands (the parent run's description); none if MLflow does not answer."""
-    from skipnet import mlflow_ui, tracking
+    from skipnet.tracking import runs, ui
     base = "http://127.0.0.1:5000/" if summary.tracking_uri.startswith("sqlite:") else summary.tracking_uri.rstrip("/") + "/"
     try:
-        experiment = tracking.open_store(summary.tracking_uri).get_run(summary.parent_run_id).info.experiment_id
+        experiment = runs.open_store(summary.tracking_uri).get_run(summary.parent_run_id).info.experiment_id
     except Exception:          # the summary stands without links
         return []
-    return [("trials, front first", base + mlflow_ui.trials_link(experiment, summary.search_id)),
-            ("front and export commands", base + mlflow_ui.run_link(experiment, summary.parent_run_id))]
+    return [("trials, front first", base + ui.trials_link(experiment, summary.search_id)),
+            ("front and export commands", base + ui.run_link(experiment, summary.parent_run_id))]
 
 
 def _num(value, width: int, digits: int) -> str:
@@ -341,7 +341,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def _searches(client, specs: list[str]) -> list:
-    from skipnet.tracking import find_searches
+    from skipnet.tracking.runs import find_searches
     runs, seen = [], set()
     for spec in specs:
         for run in find_searches(client, spec):
@@ -355,7 +355,7 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     import tempfile
     from pathlib import Path
 
-    from skipnet import mlflow_ui, tracking
+    from skipnet.tracking import runs, ui
     from skipnet.fronts import analysis, plots
 
     if args.output:
@@ -364,10 +364,10 @@ def cmd_pareto(args: argparse.Namespace) -> int:
         except OSError as e:
             from skipnet.errors import ConfigError
             raise ConfigError("--output", args.output, f"a directory that can be created ({e.strerror})") from None
-    client = tracking.open_store(args.tracking_uri)
+    client = runs.open_store(args.tracking_uri)
     reference = (args.reference_accuracy, args.reference_computation)
     results = [analysis.analyse(run.data.tags.get("search_id", run.info.run_name), run.info.run_id,
-                                tracking.search_trials(client, run), reference)
+                                runs.search_trials(client, run), reference)
                for run in _searches(client, args.searches)]
     overlay = len(results) > 1               # a comparison: each parent's own front stays as it is
     with tempfile.TemporaryDirectory(prefix="skipnet-pareto-") as tmp:
@@ -378,10 +378,12 @@ def cmd_pareto(args: argparse.Namespace) -> int:
             csv.write_text(analysis.front_csv(f))
             files.append(csv)
         if not args.no_log and overlay:
-            logged_to = tracking.log_overlay(client, results, files)
+            logged_to = runs.log_overlay(client, results, files)
+            for f in results:                # each trial's rank in its own search
+                ui.tag_ranks(client, f.trials, f.rank)
         elif not args.no_log:
-            tracking.log_front(client, results[0], files)
-            mlflow_ui.show_front(client, results[0], when="as `skipnet pareto` computed it")
+            runs.log_front(client, results[0], files)
+            ui.show_front(client, results[0], when="as `skipnet pareto` computed it")
             logged_to = "pareto"
     for f in results:
         print(f"\nsearch {f.search_id} (MLflow parent run {f.parent_run_id}): {len(f.trials)} trials, "
@@ -411,7 +413,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     import tempfile
     from pathlib import Path
 
-    from skipnet import export, tracking
+    from skipnet import export
+    from skipnet.tracking import runs
     from skipnet.fronts import analysis
     from skipnet.errors import ConfigError
 
@@ -420,9 +423,9 @@ def cmd_export(args: argparse.Namespace) -> int:
             raise ConfigError(flag, value, "a percentage in (0, 100]")
     if not Path(args.output).resolve().parent.is_dir():
         raise ConfigError("-o", args.output, "a file path in an existing directory")
-    client = tracking.open_store(args.tracking_uri)
+    client = runs.open_store(args.tracking_uri)
     parents = {run.info.run_id: run for run in _searches(client, [args.search])}
-    trials = [t for run in parents.values() for t in tracking.search_trials(client, run)]
+    trials = [t for run in parents.values() for t in runs.search_trials(client, run)]
     point = analysis.select(trials, max_computation=args.max_computation, min_accuracy=args.min_accuracy,
                             knee=args.knee, trial_id=args.trial, label=f"search {args.search}")
     selected_by = ("knee of the front" if args.knee else "named by --trial" if args.trial else
@@ -430,12 +433,12 @@ def cmd_export(args: argparse.Namespace) -> int:
                    else f"cheapest at >= {args.min_accuracy:g} % validation top-1")
     parent, run = parents[point.parent_run_id], client.get_run(point.run_id)
     with tempfile.TemporaryDirectory(prefix="skipnet-export-") as tmp:
-        train_config = tracking.download_train_config(client, point.run_id, tmp)
+        train_config = runs.download_train_config(client, point.run_id, tmp)
     checkpoint_uri = f"{run.info.artifact_uri}/checkpoint" if client.list_artifacts(point.run_id, "checkpoint") else None
     doc = export.export_document(
-        point, train_config, selected_by=selected_by, experiment=tracking.experiment_name(client, parent),
-        tracking_uri=tracking.resolve_uri(args.tracking_uri), checkpoint_uri=checkpoint_uri,
-        code_version=parent.data.tags.get("skipnet.version") or tracking.code_version(),
+        point, train_config, selected_by=selected_by, experiment=runs.experiment_name(client, parent),
+        tracking_uri=runs.resolve_uri(args.tracking_uri), checkpoint_uri=checkpoint_uri,
+        code_version=parent.data.tags.get("skipnet.version") or runs.code_version(),
         scheduler=run.data.tags.get("scheduler"), schedule=_schedule(run))
     if args.register:
         doc[export.EXPORT_KEY]["registered_model"] = export.register(client, point, args.register, args.alias, checkpoint_uri)

@@ -6,7 +6,7 @@ of the plain ResNet's FLOPs, lower is better). ``analyse`` ranks a search's tria
 computation and chance accuracy (100 / classes %), so a front that beats guessing at full cost
 scores 0. ``select`` picks the trial an export names and ``export_selector`` the option that
 names exactly one trial; ``front_csv`` and ``front_markdown`` write a front out (the latter for
-the parent run's description, :mod:`skipnet.mlflow_ui`). Pure data: MLflow reading lives in
+the parent run's description, :mod:`skipnet.tracking.ui`). Pure data: MLflow reading lives in
 :mod:`skipnet.tracking`, plots in :mod:`skipnet.fronts.plots`.
 
 Every trained model is a curve: a trial whose final report holds a threshold curve (metrics

@@ -14,7 +14,7 @@ seconds, and once more at the end if results arrived since, it logs ``pareto/fro
 ``front.html`` and ``front.csv`` and the metrics ``pareto_hypervolume_pct`` and
 ``pareto_front_size`` at step = training iterations the search has spent so far, writes the
 front with its export commands into the parent run's description and tags the trials' Pareto
-ranks and run colours (:mod:`skipnet.mlflow_ui`).
+ranks and run colours (:mod:`skipnet.tracking.ui`).
 
 MLflow is a mirror, never a dependency of the search: if the tracking server stops answering,
 the callback says so once, stops calling it (a short ``/health`` probe every ``retry_s``
@@ -31,7 +31,7 @@ from typing import Any
 
 from ray import tune
 
-from skipnet.tracking import SearchTracker, result_tags, server_reachable
+from skipnet.tracking.runs import SearchTracker, result_tags, server_reachable
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ class MLflowSearchCallback(tune.Callback):
 
     @property
     def tracker_uri(self) -> str:
-        from skipnet.tracking import resolve_uri
+        from skipnet.tracking.runs import resolve_uri
         return resolve_uri(self.tracking_uri)
 
     # -- Tune hooks ---------------------------------------------------------------------------
@@ -163,8 +163,8 @@ class MLflowSearchCallback(tune.Callback):
 
     def _log_front(self) -> None:
         """Draw the front over the results so far and log it to the parent run; show it in the
-        parent run's description and the trials' ranks and colours (:mod:`skipnet.mlflow_ui`)."""
-        from skipnet import mlflow_ui, tracking
+        parent run's description and the trials' ranks and colours (:mod:`skipnet.tracking.ui`)."""
+        from skipnet.tracking import runs, ui
         from skipnet.fronts import plots
         from skipnet.fronts.analysis import front_csv
         update = self.live.update({tid: self.tracker.find_child(tid) or "" for tid in self.live.points})
@@ -181,8 +181,8 @@ class MLflowSearchCallback(tune.Callback):
             csv = Path(tmp) / "front.csv"
             csv.write_text(front_csv(update.front))
             try:
-                tracking.log_live_front(self.tracker.client, update.front, [*files, csv], update.step)
-                self._shown = mlflow_ui.show_front(
+                runs.log_live_front(self.tracker.client, update.front, [*files, csv], update.step)
+                self._shown = ui.show_front(
                     self.tracker.client, update.front, experiment_id=self.tracker.experiment_id,
                     when=f"after {update.step} training iterations", shown=self._shown, retry=False)
             except Exception as e:                   # the next due update tries again; results go on

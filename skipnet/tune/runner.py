@@ -273,7 +273,7 @@ def build_sp_tuner(exp: ExperimentConfig, search_id: str, parent_run_id: str, tr
 def _shared_sp(exp: ExperimentConfig, results, tracking_uri: str, parent_run_id: str) -> SharedSP:
     """Map each SP trial's configuration to its final checkpoint and MLflow run."""
     from skipnet.core.config import flatten, load_train_config
-    from skipnet.tracking import SearchTracker
+    from skipnet.tracking.runs import SearchTracker
     failed = [r for r in results if r.error is not None or r.checkpoint is None]
     if failed:
         raise SkipNetError(f"the SP phase failed ({len(failed)} of {len(results)} SP trials): "
@@ -349,7 +349,8 @@ def run_search(exp: ExperimentConfig, *, address: str | None = None) -> SearchSu
 
     Nothing is created (no MLflow run, no search directory) before Ray has accepted the
     connection; a stopped search raises ``SearchInterrupted`` (``skipnet.tune.stopping``)."""
-    from skipnet.tracking import SearchTracker, check_store, resolve_uri
+    from skipnet.tracking.runs import SearchTracker, check_store, resolve_uri
+    from skipnet.tracking.ui import prepare_ui
     from skipnet.tune.stopping import on_stop_signals
     space = load_space(exp)                        # fail on a bad space before starting anything
     build_scheduler(exp)
@@ -359,6 +360,7 @@ def run_search(exp: ExperimentConfig, *, address: str | None = None) -> SearchSu
     search_id = f"{exp.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     tracker = SearchTracker(exp.mlflow.tracking_uri, exp.mlflow.experiment_name)
     parent = tracker.start_search(search_id, to_dict(exp), space.to_dict())
+    prepare_ui(tracker.client, tracker.experiment_id, search_id, parent)     # its saved view and descriptions
     path = _search_path(exp, search_id)
     try:
         _write_meta(path, exp, search_id, parent, tracker.uri)
@@ -379,7 +381,7 @@ def resume_search(path: str, *, address: str | None = None) -> SearchSummary:
     that nothing trained). A stopped search's cost adds up over its run and every resume."""
     from ray import tune
 
-    from skipnet.tracking import SearchTracker
+    from skipnet.tracking.runs import SearchTracker
     from skipnet.tune.stopping import on_stop_signals
     path = storage.resolve(path)                  # Tune's restore reads a URI: a relative path has no scheme
     meta, exp = read_search_meta(path)
@@ -509,7 +511,7 @@ def sync_mlflow(path: str) -> dict[str, int]:
     result, its results keep their timestamps, it ends at its last result (or, failing before
     any, when its error was written), and a parent still running ends at its last trial's end.
     """
-    from skipnet.tracking import SearchTracker
+    from skipnet.tracking.runs import SearchTracker
     meta, exp = read_search_meta(path)
     root = storage.resolve(path)                # as Tune names checkpoints, whichever way PATH is written
     tracker = SearchTracker(meta["tracking_uri"], exp.mlflow.experiment_name)
@@ -548,7 +550,7 @@ def _sync_trials(tracker, root: str, exp: ExperimentConfig, tags: dict[str, str]
     from ray.tune import ExperimentAnalysis
 
     from skipnet.core.config import flatten, load_train_config
-    from skipnet.tracking import result_tags
+    from skipnet.tracking.runs import result_tags
     from skipnet.tune.mlflow_callback import _get, completion_tags, full_train_config
     try:
         analysis = ExperimentAnalysis(root)

@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from ray.tune import ExperimentAnalysis
 
 from conftest import MLflowServer
-from skipnet import mlflow_ui, tracking
+from skipnet.tracking import runs, ui
 from skipnet.fronts import analysis, pareto
 from skipnet.export import export_document, reproducing_config, write_export
 from skipnet.tune.runner import init_ray, resume_search, run_search, sync_mlflow
@@ -232,11 +232,11 @@ def test_pareto_cli_tags_front_logs_plots_and_prints(searches, mlflow_server, tm
     client = MlflowClient(url)
     result = skipnet("pareto", fifo.search_id, "--tracking-uri", url, "--output", str(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
-    runs = children(client, fifo)
-    front = front_of(runs)
-    assert len({p for r in runs for p in run_points(r)}) > len(runs)        # the sweep added points
+    trial_runs = children(client, fifo)
+    front = front_of(trial_runs)
+    assert len({p for r in trial_runs for p in run_points(r)}) > len(trial_runs)        # the sweep added points
     parent = client.get_run(fifo.parent_run_id)
-    hv = pareto.hypervolume_2d([p for r in runs for p in run_points(r)], (10.0, 100.0), ["max", "min"])   # chance 10 %
+    hv = pareto.hypervolume_2d([p for r in trial_runs for p in run_points(r)], (10.0, 100.0), ["max", "min"])   # chance 10 %
     assert parent.data.metrics["pareto_hypervolume"] == pytest.approx(hv)
     points = {p for _, p in front}                    # trials with the same point are one front point
     assert parent.data.metrics["pareto_front_size"] == len(points)
@@ -257,11 +257,11 @@ def test_pareto_cli_tags_front_logs_plots_and_prints(searches, mlflow_server, tm
     result = skipnet("pareto", fifo.search_id, mo.parent_run_id, "--tracking-uri", url, "--output", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     for summary in (fifo, mo):
-        runs = children(client, summary)
-        front = front_of(runs)
+        trial_runs = children(client, summary)
+        front = front_of(trial_runs)
         front_runs = {rid for rid, _ in front}           # a trial is on the front if one of its points is
-        assert {r.info.run_id for r in runs if r.data.tags.get("pareto") == "true"} == front_runs
-        for r in runs:
+        assert {r.info.run_id for r in trial_runs if r.data.tags.get("pareto") == "true"} == front_runs
+        for r in trial_runs:
             assert (r.data.tags["pareto_rank"] == "0") == (r.info.run_id in front_runs)
         assert f"search {summary.search_id}" in result.stdout
         for point in {p for _, p in front}:                # each front point once, by one of its trials
@@ -278,8 +278,8 @@ def test_pareto_cli_tags_front_logs_plots_and_prints(searches, mlflow_server, tm
     for summary in (fifo, mo):
         assert after[summary.parent_run_id]["artifacts"]["pareto/front.png"] == own_png[summary.parent_run_id]
         assert after[summary.parent_run_id]["history"] == before[summary.parent_run_id]["history"]
-    overlay = tracking.overlay_path([mo.search_id, fifo.search_id])
-    assert overlay == tracking.overlay_path([fifo.search_id, mo.search_id]) and overlay in result.stdout
+    overlay = runs.overlay_path([mo.search_id, fifo.search_id])
+    assert overlay == runs.overlay_path([fifo.search_id, mo.search_id]) and overlay in result.stdout
     expected = {f"{overlay}/{n}" for n in ("front.png", "front.html", f"front-{fifo.search_id}.csv",
                                             f"front-{mo.search_id}.csv")}
     for summary in (fifo, mo):
@@ -333,7 +333,7 @@ def test_export_round_trip_reproduces_the_trial(searches, mlflow_server, tmp_pat
     version = client.get_model_version_by_alias("skipnet-test-best", "best")
     assert version.run_id == info["provenance"]["mlflow_run_id"]
 
-    points = {p.trial_id: p for p in tracking.search_trials(client, client.get_run(fifo.parent_run_id))}
+    points = {p.trial_id: p for p in runs.search_trials(client, client.get_run(fifo.parent_run_id))}
     swept = [p for p in points.values() if p.swept]
     assert swept, "the FIFO search's sweep added no point"
     knee = points[info["trial_id"]]
@@ -378,7 +378,7 @@ def test_threshold_points_enter_the_front_labelled_and_export_their_threshold():
         [("a", False, 0.5), ("b", False, 0.5), ("b@0.35", True, 0.35), ("b@0.7", True, 0.7)]
     front = analysis.analyse("s", "p", points)
     assert [t.trial_id for t in front.front] == ["b@0.7", "a", "b@0.35"]
-    assert tracking.run_ranks(front.trials, front.rank) == {"run-a": 0, "run-b": 0}
+    assert ui.run_ranks(front.trials, front.rank) == {"run-a": 0, "run-b": 0}
     csv = [row.split(",") for row in analysis.front_csv(front).strip().splitlines()]
     assert csv[0][7:9] == ["gate_threshold", "swept"] and [r[7:9] for r in csv[1:]] == \
         [["0.7", "true"], ["0.5", "false"], ["0.35", "true"]]
@@ -491,7 +491,7 @@ def test_front_description_renders_in_mlflow_with_the_best_rows_first():
         assert f"**{analysis.RETRAIN[point.reproducibility.reproducible]}**: {point.reproducibility.sentence}" in text
     uri, commands = description_commands(text)
     assert uri is None and [r.split()[0] for r, _ in commands] == [row_trial(row[0]) for row in rows]
-    section = mlflow_ui.trials_view("s")["compareRunSections"][0]
+    section = ui.trials_view("s")["compareRunSections"][0]
     assert (section["columns"], section["cardHeight"]) == (1, 500)
 
 
