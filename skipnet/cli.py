@@ -313,9 +313,13 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from skipnet import cluster
-    job_id = cluster.submit(args.experiment, args.address, working_dir=args.working_dir, overrides=args.set,
-                            env=args.env)
+    from skipnet.cluster import jobs
+    from skipnet.core.config import parse_overrides
+    from skipnet.tune.experiment import load_experiment
+    from skipnet.tune.runner import check_search
+    check_search(load_experiment(args.experiment, parse_overrides(args.set)))   # bad input: refused before the cluster
+    job_id = jobs.submit(args.experiment, args.address, working_dir=args.working_dir, overrides=args.set,
+                         env=args.env)
     print(job_id)
     print(f"follow it: skipnet status {job_id} --address {args.address}; skipnet logs {job_id} --address {args.address}",
           file=sys.stderr)
@@ -323,20 +327,20 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from skipnet import cluster
-    print(cluster.status(args.job_id, args.address))
+    from skipnet.cluster import jobs
+    print(jobs.status(args.job_id, args.address))
     return 0
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    from skipnet import cluster
-    print(cluster.logs(args.job_id, args.address), end="")
+    from skipnet.cluster import jobs
+    print(jobs.logs(args.job_id, args.address), end="")
     return 0
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    from skipnet import cluster
-    print("stopping" if cluster.stop(args.job_id, args.address) else "not running")
+    from skipnet.cluster import jobs
+    print("stopping" if jobs.stop(args.job_id, args.address) else "not running")
     return 0
 
 

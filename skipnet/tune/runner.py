@@ -47,7 +47,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 
     Ray 2.60 moves ``_node_ip_address=127.0.0.1`` to the routable address unless clusters are
     off (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``), so the local default sets that first.
-    A cluster's token authentication is matched first (``skipnet.ray_auth``); a local Ray has
+    A cluster's token authentication is matched first (``skipnet.cluster.auth``); a local Ray has
     it on, as Ray 2.60 starts it.
     """
     import ray
@@ -56,7 +56,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if address or os.environ.get("RAY_ADDRESS"):       # a cluster (inside a Ray job: RAY_ADDRESS)
         check_ray_address(address)
         if address and address not in ("auto", "local") and "://" not in address:
-            from skipnet.ray_auth import match_gcs
+            from skipnet.cluster.auth import match_gcs
             match_gcs(address)                         # token mode if the cluster asks for it, in seconds
         try:
             ray.init(address=address or None, log_to_driver=True)
@@ -103,6 +103,15 @@ def load_space(exp: ExperimentConfig) -> SearchSpace:
     if isinstance(exp.search_space, str):
         return SearchSpace.from_yaml(exp.resolve(exp.search_space))
     return SearchSpace.from_dict(exp.search_space, source="search_space")
+
+
+def check_search(exp: ExperimentConfig) -> SearchSpace:
+    """Refuse what would fail the search before it starts anything (ConfigError): its search
+    space and its scheduler (a PBT mutations file). Returns the space. ``run_search`` starts with
+    it, and ``skipnet submit`` runs it before a job reaches the cluster."""
+    space = load_space(exp)
+    build_scheduler(exp)
+    return space
 
 
 def build_scheduler(exp: ExperimentConfig):
@@ -352,8 +361,7 @@ def run_search(exp: ExperimentConfig, *, address: str | None = None) -> SearchSu
     from skipnet.tracking.runs import SearchTracker, check_store, resolve_uri
     from skipnet.tracking.ui import prepare_ui
     from skipnet.tune.stopping import on_stop_signals
-    space = load_space(exp)                        # fail on a bad space before starting anything
-    build_scheduler(exp)
+    space = check_search(exp)                      # fail on a bad space before starting anything
     check_ray_address(address)                     # an unreachable cluster: fail in seconds
     check_store(resolve_uri(exp.mlflow.tracking_uri))
     init_ray(address, num_cpus=None)
