@@ -469,7 +469,7 @@ def _schedule(run) -> list | None:
 
 
 def cmd_sync_mlflow(args: argparse.Namespace) -> int:
-    from skipnet.tune.runner import sync_mlflow
+    from skipnet.tune.sync import sync_mlflow
     counts = sync_mlflow(args.path)
     if any(counts.values()):
         print("MLflow updated: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items()))

@@ -113,6 +113,13 @@ def result_tags(result: dict[str, Any]) -> dict[str, str]:
     return {k: result[k] for k in RESULT_TAGS if isinstance(result.get(k), str)}
 
 
+def completion_tags(last_result: dict[str, Any], max_steps: int) -> dict[str, str]:
+    """``stopped_early`` and ``tune_status`` of a trial that ended normally after ``last_result``
+    (``max_steps``: the steps of a trial that ran to the end)."""
+    stopped = int(last_result.get("training_iteration", 0)) < max_steps and not last_result.get("engine_done")
+    return {"stopped_early": str(stopped).lower(), "tune_status": "stopped" if stopped else "completed"}
+
+
 #: What Ray Tune adds to every result about the process and its clocks, not about the model:
 #: not logged as metrics (``training_iteration`` is the step; ``time_this_iter_s`` and
 #: ``time_total_s``, what the trial's steps cost, stay).

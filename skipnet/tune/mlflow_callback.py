@@ -31,7 +31,7 @@ from typing import Any
 
 from ray import tune
 
-from skipnet.tracking.runs import SearchTracker, result_tags, server_reachable
+from skipnet.tracking.runs import SearchTracker, completion_tags, result_tags, server_reachable
 
 log = logging.getLogger(__name__)
 
@@ -271,12 +271,6 @@ def full_train_config(config: dict[str, Any], base_train: dict[str, Any]) -> dic
         return to_dict(load_train_config(None, flatten(config), base=dict(base_train)))
     except Exception:                       # never let bookkeeping fail a trial
         return config
-
-
-def completion_tags(last_result: dict[str, Any], max_steps: int) -> dict[str, str]:
-    """``stopped_early`` and ``tune_status`` of a trial that ended normally."""
-    stopped = int(last_result.get("training_iteration", 0)) < max_steps and not last_result.get("engine_done")
-    return {"stopped_early": str(stopped).lower(), "tune_status": "stopped" if stopped else "completed"}
 
 
 def _get(config: dict, dotted: str):

@@ -22,7 +22,8 @@ from conftest import MLflowServer
 from skipnet.tracking import runs, ui
 from skipnet.fronts import analysis, pareto
 from skipnet.export import export_document, reproducing_config, write_export
-from skipnet.tune.runner import init_ray, resume_search, run_search, sync_mlflow
+from skipnet.tune.runner import init_ray, resume_search, run_search
+from skipnet.tune.sync import sync_mlflow
 from test_live_front import assert_front_shown
 from test_search import SPACE, TINY_TRAIN, description_commands, description_table, experiment, row_trial
 
