@@ -13,8 +13,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
-
+from skipnet.version import __version__
 from skipnet.core import threads as _threads
 _threads.prepare_openmp()       # before anything imports torch: OpenMP threads sleep, not spin (skipnet/core/threads.py)
 

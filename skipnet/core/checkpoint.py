@@ -57,7 +57,7 @@ class CheckpointInfo:
 
     @classmethod
     def of(cls, model: nn.Module, **kw) -> "CheckpointInfo":
-        from skipnet import __version__
+        from skipnet.version import __version__
         spec = getattr(model, "gate_spec", None)
         return cls(arch=getattr(model, "arch", type(model).__name__),
                    gate=None if spec is None else spec.kind.value,

@@ -91,7 +91,7 @@ def open_store(uri: str | None, *, field: str = "--tracking-uri") -> MlflowClien
 
 def code_version() -> str:
     """The package version, plus the git commit when run from a checkout (``+dirty`` if edited)."""
-    from skipnet import __version__
+    from skipnet.version import __version__
     root = Path(__file__).resolve().parents[2]       # skipnet/tracking/runs.py -> the checkout
     try:
         commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,
