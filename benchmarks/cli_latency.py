@@ -139,8 +139,8 @@ def main() -> None:
     uri = f"sqlite:///{work}/mlflow.db"
     search_id = write_search(uri, args.trials)
     from mlflow.tracking import MlflowClient
-    from skipnet.tracking import runs
     from skipnet.fronts import analysis
+    from skipnet.tracking import runs
 
     def pareto_questions():
         client = MlflowClient(uri)

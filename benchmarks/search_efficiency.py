@@ -50,8 +50,8 @@ import numpy as np
 import torch
 
 from skipnet.core.config import from_dict, load_train_config
-from skipnet.fronts.pareto import hypervolume_2d, is_pareto_front
 from skipnet.core.train import Engine
+from skipnet.fronts.pareto import hypervolume_2d, is_pareto_front
 from _common import machine, print_table, save_figure, write_json
 
 NUM_CLASSES = 10                                  # the synthetic data set (skipnet/core/data.py)

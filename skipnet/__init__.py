@@ -13,8 +13,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from skipnet.version import __version__
 from skipnet.core import threads as _threads
+from skipnet.version import __version__
 _threads.prepare_openmp()       # before anything imports torch: OpenMP threads sleep, not spin (skipnet/core/threads.py)
 
 _PUBLIC = {

@@ -250,8 +250,8 @@ def _search_status(summary, verb: str) -> int:
 
 def _print_front(summary):
     """The search's accuracy/computation front as a table; returns its knee trial (or None)."""
-    from skipnet.fronts import analysis
     from skipnet.errors import SkipNetError
+    from skipnet.fronts import analysis
     trials = [analysis.TrialPoint(run_id="", trial_id=r["trial_id"], search_id=summary.search_id,
                                   parent_run_id=summary.parent_run_id, accuracy=float(r["val_top1"]),
                                   computation=float(r["val_computation_pct"]), steps=int(r["training_iteration"] or 0),
@@ -359,8 +359,8 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     import tempfile
     from pathlib import Path
 
-    from skipnet.tracking import runs, ui
     from skipnet.fronts import analysis, plots
+    from skipnet.tracking import runs, ui
 
     if args.output:
         try:
@@ -418,9 +418,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from skipnet import export
-    from skipnet.tracking import runs
-    from skipnet.fronts import analysis
     from skipnet.errors import ConfigError
+    from skipnet.fronts import analysis
+    from skipnet.tracking import runs
 
     for flag, value in (("--max-computation", args.max_computation), ("--min-accuracy", args.min_accuracy)):
         if value is not None and not 0 < value <= 100:

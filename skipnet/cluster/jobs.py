@@ -18,8 +18,8 @@ import shlex
 import time
 from pathlib import Path
 
-from skipnet.errors import ConfigError, SkipNetError
 from skipnet.cluster.auth import NO_TOKEN, match_dashboard, token
+from skipnet.errors import ConfigError, SkipNetError
 
 AGENT_WAIT_S = 120.0   # how long submit waits for the job agent of a head that is still starting
 STOP_WAIT_S = 30       # SIGTERM to SIGKILL on skipnet stop (Ray's default, 3 s, is too short to save state)

@@ -34,8 +34,8 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from skipnet.errors import CheckpointError
 from skipnet.core.models.gates import GateKind, parse_gate_kind
+from skipnet.errors import CheckpointError
 
 FORMAT = "skipnet-tune/1"
 _ACCEPTED = "expected a complete .pt file written by skipnet or one of the authors' .pth.tar files"

@@ -7,7 +7,7 @@ computation and chance accuracy (100 / classes %), so a front that beats guessin
 scores 0. ``select`` picks the trial an export names and ``export_selector`` the option that
 names exactly one trial; ``front_csv`` and ``front_markdown`` write a front out (the latter for
 the parent run's description, :mod:`skipnet.tracking.ui`). Pure data: MLflow reading lives in
-:mod:`skipnet.tracking`, plots in :mod:`skipnet.fronts.plots`.
+:mod:`skipnet.tracking.runs`, plots in :mod:`skipnet.fronts.plots`.
 
 Every trained model is a curve: a trial whose final report holds a threshold curve (metrics
 ``threshold_curve/<t>/val_top1`` ..., ``eval.gate_thresholds``) adds one candidate point per
@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from skipnet.fronts import pareto
 from skipnet.errors import SkipNetError
+from skipnet.fronts import pareto
 
 DIRECTIONS = ("maximize", "minimize")       # (accuracy, computation)
 PBT_SCHEDULERS = {"pbt": "PBT", "mopbt": "MO-PBT"}     # schedulers that change a trial's hyperparameters

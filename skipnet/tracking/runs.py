@@ -314,10 +314,10 @@ def find_searches(client: MlflowClient, spec: str) -> list:
 
 def search_trials(client: MlflowClient, parent) -> list[TrialPoint]:
     """Each trial of a search at its last reported step (what its checkpoint holds), followed by
-    its threshold-sweep points (``fronts.with_threshold_points``: ``<trial id>@<t>``); the runs
+    its threshold-sweep points (``analysis.with_threshold_points``: ``<trial id>@<t>``); the runs
     of a shared SP phase (tag ``role=sp``) are not trials. A trial's config is its params with
     the hyperparameters its schedule (tag ``hyperparameter_schedule``) ended with
-    (``fronts.final_config``): a running PBT trial has no params for them yet, and runs logged
+    (``analysis.final_config``): a running PBT trial has no params for them yet, and runs logged
     before they were logged at the end hold the starting values."""
     runs = client.search_runs([parent.info.experiment_id], max_results=10000,
                               filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")

@@ -135,9 +135,9 @@ class ExperimentConfig:
         if space is None or "stage" in space or "hrl.init_checkpoint" in space:
             return
         from skipnet.core.checkpoint import checkpoint_gate_kind
-        from skipnet.errors import CheckpointError
         from skipnet.core.models import registered_gate_kind
         from skipnet.core.models.gates import parse_gate_kind
+        from skipnet.errors import CheckpointError
         try:
             held = checkpoint_gate_kind(path)
         except CheckpointError as e:

@@ -164,9 +164,9 @@ class MLflowSearchCallback(tune.Callback):
     def _log_front(self) -> None:
         """Draw the front over the results so far and log it to the parent run; show it in the
         parent run's description and the trials' ranks and colours (:mod:`skipnet.tracking.ui`)."""
-        from skipnet.tracking import runs, ui
         from skipnet.fronts import plots
         from skipnet.fronts.analysis import front_csv
+        from skipnet.tracking import runs, ui
         update = self.live.update({tid: self.tracker.find_child(tid) or "" for tid in self.live.points})
         if update is None:
             return                                   # no trial reported both metrics yet

@@ -10,8 +10,8 @@ import torch
 
 import skipnet
 from skipnet.core.checkpoint import atomic_save, checkpoint_gate_kind, read_checkpoint
-from skipnet.errors import CheckpointError
 from skipnet.core.models import GateKind
+from skipnet.errors import CheckpointError
 
 
 def authors_keys(layers, gate, classes_fc=True, imagenet=False):

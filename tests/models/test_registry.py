@@ -3,9 +3,9 @@ import pytest
 import torch
 
 import skipnet
-from skipnet.errors import UnknownModelError
 from skipnet.core.models import SkipResNet
 from skipnet.core.models.registry import register_model
+from skipnet.errors import UnknownModelError
 
 ALL = skipnet.list_models()
 

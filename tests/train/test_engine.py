@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from skipnet.core.config import load_train_config
-from skipnet.errors import ConfigError
 from skipnet.core.train import Engine, gate_returns, reinforce_loss
 from skipnet.core.train.steps import advantages, bernoulli_entropy, greedy_returns
+from skipnet.errors import ConfigError
 
 SMALL = {"data.synthetic_size": 1200, "data.synthetic_test_size": 200, "data.val_size": 200,
          "sp.batch_size": 16, "hrl.batch_size": 16, "eval.batch_size": 100, "model.arch": "cifar10_rnn_gate_38"}

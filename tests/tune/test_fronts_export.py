@@ -19,9 +19,9 @@ from mlflow.tracking import MlflowClient
 from ray.tune import ExperimentAnalysis
 
 from conftest import MLflowServer
-from skipnet.tracking import runs, ui
-from skipnet.fronts import analysis, pareto
 from skipnet.export import export_document, reproducing_config, write_export
+from skipnet.fronts import analysis, pareto
+from skipnet.tracking import runs, ui
 from skipnet.tune.runner import init_ray, resume_search, run_search
 from skipnet.tune.sync import sync_mlflow
 from test_live_front import assert_front_shown

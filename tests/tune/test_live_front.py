@@ -8,10 +8,10 @@ import shlex
 import pytest
 from mlflow.tracking import MlflowClient
 
-from skipnet.tracking import runs, ui
-from skipnet.fronts import analysis, pareto
 from skipnet.cli import build_parser
 from skipnet.errors import ConfigError
+from skipnet.fronts import analysis, pareto
+from skipnet.tracking import runs, ui
 from skipnet.tune.experiment import load_experiment
 from skipnet.tune.live_front import LiveFront
 from skipnet.tune.runner import run_search

@@ -14,12 +14,12 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from skipnet import export
-from skipnet.tracking import runs, ui
-from skipnet.fronts import analysis
 from skipnet.cli import _schedule
 from skipnet.core.config import from_dict
-from skipnet.tune.experiment import ExperimentConfig
+from skipnet.fronts import analysis
 from skipnet.fronts.pareto import is_pareto_front
+from skipnet.tracking import runs, ui
+from skipnet.tune.experiment import ExperimentConfig
 from skipnet.tune.pbt import DECISIONS_FILE, population_order
 from skipnet.tune.runner import run_search
 from skipnet.tune.trainable import weights_digest

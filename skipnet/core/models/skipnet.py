@@ -23,11 +23,11 @@ from typing import Literal, Sequence
 import torch
 from torch import Tensor, nn
 
-from skipnet.errors import ConfigError
 from skipnet.core.executor import run_selected
 from skipnet.core.models.blocks import BasicBlock, Bottleneck, conv3x3, init_weights, projection_shortcut
 from skipnet.core.models.gates import (GateKind, GateMode, GateRecord, GateSpec, RecurrentGate, decide,
                                   make_gate, parse_gate_kind, parse_gate_mode)
+from skipnet.errors import ConfigError
 
 Stem = Literal["cifar", "imagenet"]
 

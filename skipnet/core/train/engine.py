@@ -20,12 +20,12 @@ import torch
 from skipnet.core.checkpoint import FORMAT, CheckpointInfo, atomic_save, load_checkpoint, read_checkpoint
 from skipnet.core.config import TrainConfig, from_dict, to_dict
 from skipnet.core.data import DataSplits, build_splits, train_batches
-from skipnet.errors import CheckpointError, ConfigError
+from skipnet.core.executor import at_threshold
 from skipnet.core.flops import block_costs
 from skipnet.core.models import GateMode, create_model
-from skipnet.core.executor import at_threshold
 from skipnet.core.train.evaluate import evaluate, threshold_curve
 from skipnet.core.train.steps import StepMetrics, hrl_step, supervised_step
+from skipnet.errors import CheckpointError, ConfigError
 
 
 def resolve_device(name: str) -> torch.device:
