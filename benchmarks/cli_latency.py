@@ -63,12 +63,14 @@ def answer_time(fn, repeats: int) -> float:
 
 def write_search(uri: str, trials: int) -> str:
     """A search of ``trials`` finished trials, logged as ``skipnet search`` logs one; its id."""
-    from skipnet.config import to_dict
-    from skipnet.config import TrainConfig
-    from skipnet.tracking import SearchTracker
+    from skipnet.core.config import to_dict
+    from skipnet.core.config import TrainConfig
+    from skipnet.tracking.runs import SearchTracker
+    from skipnet.tracking.ui import prepare_ui
     search_id = "latency-20261130-000000"
     tracker = SearchTracker(uri, "cli-latency")
-    tracker.start_search(search_id, {"name": "cli-latency"}, {"hrl.alpha": {"loguniform": [0.01, 1.0]}})
+    parent = tracker.start_search(search_id, {"name": "cli-latency"}, {"hrl.alpha": {"loguniform": [0.01, 1.0]}})
+    prepare_ui(tracker.client, tracker.experiment_id, search_id, parent)
     base = to_dict(TrainConfig())
     for i in range(trials):
         alpha = 10 ** (-2 + 2 * i / (trials - 1))
@@ -137,19 +139,20 @@ def main() -> None:
     uri = f"sqlite:///{work}/mlflow.db"
     search_id = write_search(uri, args.trials)
     from mlflow.tracking import MlflowClient
-    from skipnet import fronts, tracking
+    from skipnet.fronts import analysis
+    from skipnet.tracking import runs
 
     def pareto_questions():
         client = MlflowClient(uri)
-        for run in tracking.find_searches(client, search_id):
-            fronts.analyse(search_id, run.info.run_id, tracking.search_trials(client, run))
+        for run in runs.find_searches(client, search_id):
+            analysis.analyse(search_id, run.info.run_id, runs.search_trials(client, run))
 
     def export_questions():
         client = MlflowClient(uri)
-        run = tracking.find_searches(client, search_id)[0]
-        point = fronts.select(tracking.search_trials(client, run), knee=True)
+        run = runs.find_searches(client, search_id)[0]
+        point = analysis.select(runs.search_trials(client, run), knee=True)
         with tempfile.TemporaryDirectory() as tmp:
-            tracking.download_train_config(client, point.run_id, tmp)
+            runs.download_train_config(client, point.run_id, tmp)
         client.list_artifacts(point.run_id, "checkpoint")
 
     row(f"pareto ({args.trials} trials)", ["pareto", search_id, "--tracking-uri", uri, "--no-log"], 5.0,

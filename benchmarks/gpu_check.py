@@ -41,9 +41,9 @@ import torch
 from torch import nn
 
 import skipnet
-from skipnet.config import load_train_config
-from skipnet.train import Engine
-from skipnet.train.steps import autocast, hrl_step, supervised_step
+from skipnet.core.config import load_train_config
+from skipnet.core.train import Engine
+from skipnet.core.train.steps import autocast, hrl_step, supervised_step
 from _common import machine, print_table, write_json
 from skip_speed import exact_patterns
 from train_speed import fair_coin_gates
@@ -86,7 +86,7 @@ def cpu_name() -> str:
 
 
 def amp_dtype(device: torch.device) -> torch.dtype | None:
-    """The dtype ``skipnet.train.steps.autocast`` uses; None where autocast does nothing (CPU)."""
+    """The dtype ``skipnet.core.train.steps.autocast`` uses; None where autocast does nothing (CPU)."""
     if device.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

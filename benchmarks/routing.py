@@ -28,10 +28,10 @@ import torch
 from _common import machine, print_table, save_figure, write_json
 from scipy.stats import spearmanr
 
-import skipnet.models.skipnet as skipnet_module
-from skipnet.config import load_train_config
-from skipnet.data import difficulty, eval_batches
-from skipnet.train import Engine
+import skipnet.core.models.skipnet as skipnet_module
+from skipnet.core.config import load_train_config
+from skipnet.core.data import difficulty, eval_batches
+from skipnet.core.train import Engine
 
 GATES = ("feedforward_conv", "recurrent")
 

@@ -24,8 +24,8 @@ from pathlib import Path
 
 from _common import print_table, write_json
 
-from skipnet.config import from_dict
-from skipnet.pareto import hypervolume_2d
+from skipnet.core.config import from_dict
+from skipnet.fronts.pareto import hypervolume_2d
 from skipnet.tune.experiment import ExperimentConfig
 from skipnet.tune.runner import init_ray, run_search, search_cost
 

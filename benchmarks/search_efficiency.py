@@ -49,12 +49,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from skipnet.config import from_dict, load_train_config
-from skipnet.pareto import hypervolume_2d, is_pareto_front
-from skipnet.train import Engine
+from skipnet.core.config import from_dict, load_train_config
+from skipnet.core.train import Engine
+from skipnet.fronts.pareto import hypervolume_2d, is_pareto_front
 from _common import machine, print_table, save_figure, write_json
 
-NUM_CLASSES = 10                                  # the synthetic data set (skipnet/data.py)
+NUM_CLASSES = 10                                  # the synthetic data set (skipnet/core/data.py)
 PROBLEMS = {                                      # network and the alpha range its gates respond to
     "rnn38": {"arch": "cifar10_rnn_gate_38", "alpha_range": [1.0, 20.0]},
     "ff20": {"arch": "cifar10_skipnet_20_feedforward_conv", "alpha_range": [0.5, 20.0]},

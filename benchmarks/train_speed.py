@@ -11,7 +11,7 @@ compares CPU thread settings, each in a fresh process so OpenMP reads its enviro
 (``default``: torch's own, one thread per CPU, libgomp spinning about 3 ms before it sleeps;
 ``passive``: ``OMP_WAIT_POLICY=passive``; ``one``: one intra-op thread; ``free``: one thread per
 CPU that other work leaves idle, from /proc/stat sampled for 0.25 s as the process starts;
-``passive_free``: both; ``policy``: what ``skipnet train`` does, ``skipnet.threads``).
+``passive_free``: both; ``policy``: what ``skipnet train`` does, ``skipnet.core.threads``).
 ``--quickstart`` measures the quickstart's training instead (experiments/quickstart_train.yaml
 through the Engine: SkipNet-38 with recurrent gates, synthetic data, batch 64, SP then HRL
 iterations). ``vs_idle`` divides by the same setting with no busy process, ``vs_fair`` by the
@@ -38,8 +38,8 @@ from pathlib import Path
 import torch           # before skipnet: each setting's environment, not skipnet's hook, sets libgomp's wait
 
 import skipnet
-from skipnet import threads
-from skipnet.train.steps import hrl_step, supervised_step
+from skipnet.core import threads
+from skipnet.core.train.steps import hrl_step, supervised_step
 from _common import machine, print_table, write_json
 
 CONFIGS = [
@@ -103,8 +103,8 @@ def measure_quickstart(batch: int, steps: int, seconds: float) -> list[dict]:
     (at least two steps)."""
     import tempfile
 
-    from skipnet.config import load_train_config
-    from skipnet.train.engine import Engine
+    from skipnet.core.config import load_train_config
+    from skipnet.core.train.engine import Engine
     with tempfile.TemporaryDirectory() as out:       # the Engine writes nothing; fit is not called
         cfg = load_train_config(QUICKSTART, {"sp.batch_size": batch, "hrl.batch_size": batch, "output_dir": out,
                                              "device": "cpu"})

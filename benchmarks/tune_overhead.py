@@ -16,8 +16,8 @@ import time
 
 import torch
 
-from skipnet.config import load_train_config
-from skipnet.train.engine import Engine
+from skipnet.core.config import load_train_config
+from skipnet.core.train.engine import Engine
 from _common import machine, print_table, write_json
 
 TRAIN = {"stage": "sp", "model.arch": "cifar10_rnn_gate_38", "data.synthetic_size": 3000,
@@ -40,7 +40,7 @@ def bare(iterations: int, steps: int, threads: int) -> list[float]:
 def tuned(iterations: int, steps: int, threads: int) -> tuple[list[float], list[float]]:
     from ray import tune
 
-    from skipnet.config import set_dotted
+    from skipnet.core.config import set_dotted
     from skipnet.tune.runner import init_ray
     from skipnet.tune.trainable import SkipNetTrainable
     base: dict = {}

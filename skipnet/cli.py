@@ -30,7 +30,7 @@ _SUMMARY = ["val_top1", "val_top5", "val_computation_pct", "val_block_count_pct"
 
 def _curve_table(metrics: dict[str, Any]) -> str | None:
     """The threshold curve of a final evaluation (``threshold_curve/<t>/val_*``) as a table, or None."""
-    from skipnet.fronts import threshold_curve
+    from skipnet.fronts.analysis import threshold_curve
     curve = threshold_curve(metrics)
     if not curve:
         return None
@@ -45,8 +45,8 @@ def _curve_table(metrics: dict[str, Any]) -> str | None:
 def cmd_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from skipnet.config import load_train_config, parse_overrides
-    from skipnet.train.run import fit
+    from skipnet.core.config import load_train_config, parse_overrides
+    from skipnet.core.train.run import fit
 
     cfg = load_train_config(args.config, parse_overrides(args.set))
     sp_steps = cfg.sp.iterations if cfg.stage in ("base", "sp", "pipeline") else 0
@@ -108,13 +108,13 @@ class _ProgressLines:
 def cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
-    from skipnet.checkpoint import is_authors_layout, load_checkpoint, read_checkpoint, recorded_model
-    from skipnet.config import DataConfig, from_dict
-    from skipnet.data import build_splits
-    from skipnet.flops import block_costs
-    from skipnet.models import create_model
-    from skipnet.train.engine import resolve_device
-    from skipnet.train.evaluate import evaluate
+    from skipnet.core.checkpoint import is_authors_layout, load_checkpoint, read_checkpoint, recorded_model
+    from skipnet.core.config import DataConfig, from_dict
+    from skipnet.core.data import build_splits
+    from skipnet.core.flops import block_costs
+    from skipnet.core.models import create_model
+    from skipnet.core.train.engine import resolve_device
+    from skipnet.core.train.evaluate import evaluate
 
     try:
         ckpt = read_checkpoint(args.checkpoint)
@@ -178,7 +178,7 @@ def _eval_threshold(given: float | None, saved: dict) -> float:
 
 
 def _print_summary(summary) -> None:
-    from skipnet.tracking import default_tracking_uri, ui_hint
+    from skipnet.tracking.runs import default_tracking_uri, ui_hint
     rows = sorted(summary.trials, key=lambda r: (r["error"], -(r.get("objective") or r.get("val_top1") or -1e9)))
     print(f"\nsearch {summary.search_id}: {len(rows)} trials, {summary.errors} failed")
     # rho: Spearman of per-image FLOPs with difficulty; paths: distinct execution paths (1 = static pruning)
@@ -217,14 +217,14 @@ def _print_summary(summary) -> None:
 def _ui_links(summary) -> list[tuple[str, str]]:
     """Where the MLflow UI shows this search: its trials (front first) and its front with the
     export commands (the parent run's description); none if MLflow does not answer."""
-    from skipnet import mlflow_ui, tracking
+    from skipnet.tracking import runs, ui
     base = "http://127.0.0.1:5000/" if summary.tracking_uri.startswith("sqlite:") else summary.tracking_uri.rstrip("/") + "/"
     try:
-        experiment = tracking.open_store(summary.tracking_uri).get_run(summary.parent_run_id).info.experiment_id
+        experiment = runs.open_store(summary.tracking_uri).get_run(summary.parent_run_id).info.experiment_id
     except Exception:          # the summary stands without links
         return []
-    return [("trials, front first", base + mlflow_ui.trials_link(experiment, summary.search_id)),
-            ("front and export commands", base + mlflow_ui.run_link(experiment, summary.parent_run_id))]
+    return [("trials, front first", base + ui.trials_link(experiment, summary.search_id)),
+            ("front and export commands", base + ui.run_link(experiment, summary.parent_run_id))]
 
 
 def _num(value, width: int, digits: int) -> str:
@@ -250,20 +250,20 @@ def _search_status(summary, verb: str) -> int:
 
 def _print_front(summary):
     """The search's accuracy/computation front as a table; returns its knee trial (or None)."""
-    from skipnet import fronts
     from skipnet.errors import SkipNetError
-    trials = [fronts.TrialPoint(run_id="", trial_id=r["trial_id"], search_id=summary.search_id,
-                                parent_run_id=summary.parent_run_id, accuracy=float(r["val_top1"]),
-                                computation=float(r["val_computation_pct"]), steps=int(r["training_iteration"] or 0),
-                                iteration=0, num_classes=int(r["num_classes"]) if r.get("num_classes") else None,
-                                status="error" if r["error"] else "done", config=_flat(r["config"] or {}),
-                                metrics={**r.get("curve", {}), **({"gate_threshold": r["gate_threshold"]}
-                                                                  if r.get("gate_threshold") is not None else {})},
-                                schedule=r.get("schedule") or [], scheduler=summary.scheduler)
+    from skipnet.fronts import analysis
+    trials = [analysis.TrialPoint(run_id="", trial_id=r["trial_id"], search_id=summary.search_id,
+                                  parent_run_id=summary.parent_run_id, accuracy=float(r["val_top1"]),
+                                  computation=float(r["val_computation_pct"]), steps=int(r["training_iteration"] or 0),
+                                  iteration=0, num_classes=int(r["num_classes"]) if r.get("num_classes") else None,
+                                  status="error" if r["error"] else "done", config=_flat(r["config"] or {}),
+                                  metrics={**r.get("curve", {}), **({"gate_threshold": r["gate_threshold"]}
+                                                                    if r.get("gate_threshold") is not None else {})},
+                                  schedule=r.get("schedule") or [], scheduler=summary.scheduler)
               for r in summary.trials if r.get("val_top1") is not None and r.get("val_computation_pct") is not None]
-    points = [p for t in trials for p in fronts.with_threshold_points(t)]
+    points = [p for t in trials for p in analysis.with_threshold_points(t)]
     try:
-        front = fronts.analyse(summary.search_id, summary.parent_run_id, points)
+        front = analysis.analyse(summary.search_id, summary.parent_run_id, points)
     except SkipNetError:
         return None
     swept = len(points) - len(trials)
@@ -288,12 +288,12 @@ def _same_point(copies: dict[str, list[str]], trial_id: str) -> str:
 
 
 def _flat(config: dict) -> dict:
-    from skipnet.config import flatten
+    from skipnet.core.config import flatten
     return flatten(config)
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from skipnet.config import parse_overrides
+    from skipnet.core.config import parse_overrides
     from skipnet.tune.experiment import load_experiment
     from skipnet.tune.runner import run_search
 
@@ -313,9 +313,13 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from skipnet import cluster
-    job_id = cluster.submit(args.experiment, args.address, working_dir=args.working_dir, overrides=args.set,
-                            env=args.env)
+    from skipnet.cluster import jobs
+    from skipnet.core.config import parse_overrides
+    from skipnet.tune.experiment import load_experiment
+    from skipnet.tune.runner import check_search
+    check_search(load_experiment(args.experiment, parse_overrides(args.set)))   # bad input: refused before the cluster
+    job_id = jobs.submit(args.experiment, args.address, working_dir=args.working_dir, overrides=args.set,
+                         env=args.env)
     print(job_id)
     print(f"follow it: skipnet status {job_id} --address {args.address}; skipnet logs {job_id} --address {args.address}",
           file=sys.stderr)
@@ -323,25 +327,25 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from skipnet import cluster
-    print(cluster.status(args.job_id, args.address))
+    from skipnet.cluster import jobs
+    print(jobs.status(args.job_id, args.address))
     return 0
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    from skipnet import cluster
-    print(cluster.logs(args.job_id, args.address), end="")
+    from skipnet.cluster import jobs
+    print(jobs.logs(args.job_id, args.address), end="")
     return 0
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    from skipnet import cluster
-    print("stopping" if cluster.stop(args.job_id, args.address) else "not running")
+    from skipnet.cluster import jobs
+    print("stopping" if jobs.stop(args.job_id, args.address) else "not running")
     return 0
 
 
 def _searches(client, specs: list[str]) -> list:
-    from skipnet.tracking import find_searches
+    from skipnet.tracking.runs import find_searches
     runs, seen = [], set()
     for spec in specs:
         for run in find_searches(client, spec):
@@ -355,7 +359,8 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     import tempfile
     from pathlib import Path
 
-    from skipnet import fronts, mlflow_ui, plots, tracking
+    from skipnet.fronts import analysis, plots
+    from skipnet.tracking import runs, ui
 
     if args.output:
         try:
@@ -363,10 +368,10 @@ def cmd_pareto(args: argparse.Namespace) -> int:
         except OSError as e:
             from skipnet.errors import ConfigError
             raise ConfigError("--output", args.output, f"a directory that can be created ({e.strerror})") from None
-    client = tracking.open_store(args.tracking_uri)
+    client = runs.open_store(args.tracking_uri)
     reference = (args.reference_accuracy, args.reference_computation)
-    results = [fronts.analyse(run.data.tags.get("search_id", run.info.run_name), run.info.run_id,
-                              tracking.search_trials(client, run), reference)
+    results = [analysis.analyse(run.data.tags.get("search_id", run.info.run_name), run.info.run_id,
+                                runs.search_trials(client, run), reference)
                for run in _searches(client, args.searches)]
     overlay = len(results) > 1               # a comparison: each parent's own front stays as it is
     with tempfile.TemporaryDirectory(prefix="skipnet-pareto-") as tmp:
@@ -374,20 +379,22 @@ def cmd_pareto(args: argparse.Namespace) -> int:
         files = [plots.front_png(results, out / "front.png"), plots.front_html(results, out / "front.html")]
         for f in results:
             csv = out / (f"front-{f.search_id}.csv" if overlay else "front.csv")
-            csv.write_text(fronts.front_csv(f))
+            csv.write_text(analysis.front_csv(f))
             files.append(csv)
         if not args.no_log and overlay:
-            logged_to = tracking.log_overlay(client, results, files)
+            logged_to = runs.log_overlay(client, results, files)
+            for f in results:                # each trial's rank in its own search
+                ui.tag_ranks(client, f.trials, f.rank)
         elif not args.no_log:
-            tracking.log_front(client, results[0], files)
-            mlflow_ui.show_front(client, results[0], when="as `skipnet pareto` computed it")
+            runs.log_front(client, results[0], files)
+            ui.show_front(client, results[0], when="as `skipnet pareto` computed it")
             logged_to = "pareto"
     for f in results:
         print(f"\nsearch {f.search_id} (MLflow parent run {f.parent_run_id}): {len(f.trials)} trials, "
               f"{len(f.front)} on the front")
         print(f"  hypervolume {f.hypervolume:.1f} %^2 = {f.hypervolume_pct:.2f} % of the box from the reference "
               f"point (accuracy {f.reference[0]:.2f} %, computation {f.reference[1]:.1f} %)")
-        rows = fronts.table(f)
+        rows = analysis.table(f)
         width = max([14, *(len(row["trial"]) for row in rows)])
         print(f"  {'trial':<{width}} {'val_top1':>8} {'comp%':>7} {'steps':>5}  run")
         for row in rows:
@@ -410,30 +417,32 @@ def cmd_export(args: argparse.Namespace) -> int:
     import tempfile
     from pathlib import Path
 
-    from skipnet import export, fronts, tracking
+    from skipnet import export
     from skipnet.errors import ConfigError
+    from skipnet.fronts import analysis
+    from skipnet.tracking import runs
 
     for flag, value in (("--max-computation", args.max_computation), ("--min-accuracy", args.min_accuracy)):
         if value is not None and not 0 < value <= 100:
             raise ConfigError(flag, value, "a percentage in (0, 100]")
     if not Path(args.output).resolve().parent.is_dir():
         raise ConfigError("-o", args.output, "a file path in an existing directory")
-    client = tracking.open_store(args.tracking_uri)
+    client = runs.open_store(args.tracking_uri)
     parents = {run.info.run_id: run for run in _searches(client, [args.search])}
-    trials = [t for run in parents.values() for t in tracking.search_trials(client, run)]
-    point = fronts.select(trials, max_computation=args.max_computation, min_accuracy=args.min_accuracy,
-                          knee=args.knee, trial_id=args.trial, label=f"search {args.search}")
+    trials = [t for run in parents.values() for t in runs.search_trials(client, run)]
+    point = analysis.select(trials, max_computation=args.max_computation, min_accuracy=args.min_accuracy,
+                            knee=args.knee, trial_id=args.trial, label=f"search {args.search}")
     selected_by = ("knee of the front" if args.knee else "named by --trial" if args.trial else
                    f"most accurate at <= {args.max_computation:g} % computation" if args.max_computation is not None
                    else f"cheapest at >= {args.min_accuracy:g} % validation top-1")
     parent, run = parents[point.parent_run_id], client.get_run(point.run_id)
     with tempfile.TemporaryDirectory(prefix="skipnet-export-") as tmp:
-        train_config = tracking.download_train_config(client, point.run_id, tmp)
+        train_config = runs.download_train_config(client, point.run_id, tmp)
     checkpoint_uri = f"{run.info.artifact_uri}/checkpoint" if client.list_artifacts(point.run_id, "checkpoint") else None
     doc = export.export_document(
-        point, train_config, selected_by=selected_by, experiment=tracking.experiment_name(client, parent),
-        tracking_uri=tracking.resolve_uri(args.tracking_uri), checkpoint_uri=checkpoint_uri,
-        code_version=parent.data.tags.get("skipnet.version") or tracking.code_version(),
+        point, train_config, selected_by=selected_by, experiment=runs.experiment_name(client, parent),
+        tracking_uri=runs.resolve_uri(args.tracking_uri), checkpoint_uri=checkpoint_uri,
+        code_version=parent.data.tags.get("skipnet.version") or runs.code_version(),
         scheduler=run.data.tags.get("scheduler"), schedule=_schedule(run))
     if args.register:
         doc[export.EXPORT_KEY]["registered_model"] = export.register(client, point, args.register, args.alias, checkpoint_uri)
@@ -455,12 +464,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def _schedule(run) -> list | None:
     """The trial's hyperparameter schedule (PBT, MO-PBT), as its MLflow run's tag holds it."""
-    from skipnet.fronts import parse_schedule
+    from skipnet.fronts.analysis import parse_schedule
     return parse_schedule(run.data.tags.get("hyperparameter_schedule")) or None
 
 
 def cmd_sync_mlflow(args: argparse.Namespace) -> int:
-    from skipnet.tune.runner import sync_mlflow
+    from skipnet.tune.sync import sync_mlflow
     counts = sync_mlflow(args.path)
     if any(counts.values()):
         print("MLflow updated: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items()))

@@ -19,9 +19,9 @@ from typing import Any
 
 import yaml
 
-from skipnet.config import load_train_config, to_dict
+from skipnet.core.config import load_train_config, to_dict
 from skipnet.errors import ConfigError, SkipNetError
-from skipnet.fronts import TrialPoint, reproducibility
+from skipnet.fronts.analysis import TrialPoint, reproducibility
 
 EXPORT_KEY = "export"       # the section load_train_config skips
 _REPORTED = ("val_top1", "val_top5", "val_computation_pct", "val_block_count_pct", "val_executed_gflops",
@@ -58,7 +58,7 @@ def export_document(point: TrialPoint, train_config: dict[str, Any], *, selected
     segment the weights changed hyperparameters (or came from another trial) during the search:
     the config then holds the last segment's values, the schedule goes into the ``export``
     section and the file says ``reproducible: false`` (retraining does not replay a schedule;
-    the checkpoint is the model). ``provenance.note`` is :func:`skipnet.fronts.reproducibility`'s
+    the checkpoint is the model). ``provenance.note`` is :func:`skipnet.fronts.analysis.reproducibility`'s
     sentence, which ``skipnet export`` prints and the parent run's description repeats."""
     cfg = reproducing_config(train_config, point.iteration)
     verdict = reproducibility(scheduler, schedule)
@@ -92,7 +92,7 @@ def export_document(point: TrialPoint, train_config: dict[str, Any], *, selected
 
 def write_export(doc: dict[str, Any], path: str | Path) -> Path:
     """Write atomically: the file appears whole or not at all."""
-    from skipnet.files import write_text_atomic
+    from skipnet.core.files import write_text_atomic
     path = Path(path)
     if not path.parent.is_dir():
         raise ConfigError("-o", str(path), "a file path in an existing directory")

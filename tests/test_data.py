@@ -1,4 +1,4 @@
-"""Tests for skipnet.data: tiny files in the real on-disk formats, splits, batching, resume."""
+"""Tests for skipnet.core.data: tiny files in the real on-disk formats, splits, batching, resume."""
 from __future__ import annotations
 
 import hashlib
@@ -12,7 +12,7 @@ import scipy.io
 import torch
 from PIL import Image
 
-from skipnet import data as D
+from skipnet.core import data as D
 from skipnet.errors import ConfigError
 
 CIFAR_MEAN = torch.tensor([0.4914, 0.4822, 0.4465]).view(3, 1, 1)

@@ -432,7 +432,7 @@ def test_commands_are_found_in_every_deployment_file():
 @pytest.mark.parametrize("source,line", COMMANDS, ids=[f"{s}: {c[:70]}" for s, c in COMMANDS])
 def test_skipnet_commands_parse(source, line):
     from skipnet.cli import build_parser
-    from skipnet.config import parse_overrides
+    from skipnet.core.config import parse_overrides
     from skipnet.tune.experiment import load_experiment
 
     argv = _argv(line)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import skipnet
-from skipnet.config import load_train_config
+from skipnet.core.config import load_train_config
 from skipnet.errors import CheckpointError, ConfigError
 from skipnet.tune.experiment import ExperimentConfig, load_experiment
 
@@ -115,7 +115,7 @@ def test_matching_gates_and_missing_checkpoints_pass(sp_dir):
 
 def test_hrl_run_names_both_gate_types(sp_dir):
     """What a trial meets when the experiment check could not run (e.g. skipnet train)."""
-    from skipnet.train import Engine
+    from skipnet.core.train import Engine
     cfg = load_train_config(None, {"stage": "hrl", "model.gate": "feedforward_conv", "hrl.init_checkpoint":
                                    str(sp_dir / "sp.pt"), **{f"data.{k}": v for k, v in DATA.items()}})
     with pytest.raises(CheckpointError, match=r"^hrl.init_checkpoint: checkpoint .*sp.pt \(architecture "

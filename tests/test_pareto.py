@@ -1,4 +1,4 @@
-"""Tests of skipnet.pareto: agreement with Optuna's front and ranks, brute-force hypervolume."""
+"""Tests of skipnet.fronts.pareto: agreement with Optuna's front and ranks, brute-force hypervolume."""
 from __future__ import annotations
 
 import math
@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from optuna.study._multi_objective import _fast_non_domination_rank, _is_pareto_front
 
-from skipnet import pareto
+from skipnet.fronts import pareto
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -24,7 +24,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-from skipnet import storage
+from skipnet.core import storage
 
 log = logging.getLogger(__name__)
 SEARCH_FILE = "skipnet_search.json"
@@ -108,7 +108,7 @@ class Part:
         from mlflow.entities import Metric
         from mlflow.tracking import MlflowClient
 
-        from skipnet.tracking import server_reachable
+        from skipnet.tracking.runs import server_reachable
         try:
             if not server_reachable(self.tracking_uri, timeout=2.0):
                 raise ConnectionError(f"no answer from {self.tracking_uri}")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from skipnet.config import from_dict, load_train_config, read_yaml
+from skipnet.core.config import from_dict, load_train_config, read_yaml
 from skipnet.errors import ConfigError
 
 METRICS = ("val_top1", "val_computation_pct", "objective")
@@ -134,10 +134,10 @@ class ExperimentConfig:
         space = self._space()
         if space is None or "stage" in space or "hrl.init_checkpoint" in space:
             return
-        from skipnet.checkpoint import checkpoint_gate_kind
+        from skipnet.core.checkpoint import checkpoint_gate_kind
+        from skipnet.core.models import registered_gate_kind
+        from skipnet.core.models.gates import parse_gate_kind
         from skipnet.errors import CheckpointError
-        from skipnet.models import registered_gate_kind
-        from skipnet.models.gates import parse_gate_kind
         try:
             held = checkpoint_gate_kind(path)
         except CheckpointError as e:
@@ -199,7 +199,7 @@ class ExperimentConfig:
 
 def load_experiment(path: str | Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
     """Read and validate an experiment file; ``overrides`` are dotted keys (``num_samples``...)."""
-    from skipnet.config import error_source, set_dotted
+    from skipnet.core.config import error_source, set_dotted
     data = read_yaml(path, key="EXPERIMENT")
     for key, value in (overrides or {}).items():
         set_dotted(data, key, value)

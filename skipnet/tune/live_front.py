@@ -8,7 +8,7 @@ search's parent run.
   trial's child run: the result at its highest ``training_iteration``, the first one reported at
   that step (the callback logs no step twice). So the last live front is the one
   ``skipnet pareto`` computes from MLflow afterwards (same points, same default reference). A
-  final report's threshold curve adds the trial's threshold points (``fronts.with_threshold_points``).
+  final report's threshold curve adds the trial's threshold points (``analysis.with_threshold_points``).
 * **The step** of an update is the compute the search has spent so far: ``iterations_trained``
   summed over every result seen (a step redone after a restore counts again, as in
   ``runner.search_cost``), plus ``offset``: the iterations of a shared SP phase, which ran before
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from skipnet.errors import SkipNetError
-from skipnet.fronts import (CURVE_PREFIX, SearchFront, TrialPoint, analyse, final_config, parse_schedule,
+from skipnet.fronts.analysis import (CURVE_PREFIX, SearchFront, TrialPoint, analyse, final_config, parse_schedule,
                             with_threshold_points)
 
 

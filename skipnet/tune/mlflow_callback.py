@@ -14,7 +14,7 @@ seconds, and once more at the end if results arrived since, it logs ``pareto/fro
 ``front.html`` and ``front.csv`` and the metrics ``pareto_hypervolume_pct`` and
 ``pareto_front_size`` at step = training iterations the search has spent so far, writes the
 front with its export commands into the parent run's description and tags the trials' Pareto
-ranks and run colours (:mod:`skipnet.mlflow_ui`).
+ranks and run colours (:mod:`skipnet.tracking.ui`).
 
 MLflow is a mirror, never a dependency of the search: if the tracking server stops answering,
 the callback says so once, stops calling it (a short ``/health`` probe every ``retry_s``
@@ -31,7 +31,7 @@ from typing import Any
 
 from ray import tune
 
-from skipnet.tracking import SearchTracker, result_tags, server_reachable
+from skipnet.tracking.runs import SearchTracker, completion_tags, result_tags, server_reachable
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ class MLflowSearchCallback(tune.Callback):
 
     @property
     def tracker_uri(self) -> str:
-        from skipnet.tracking import resolve_uri
+        from skipnet.tracking.runs import resolve_uri
         return resolve_uri(self.tracking_uri)
 
     # -- Tune hooks ---------------------------------------------------------------------------
@@ -153,7 +153,7 @@ class MLflowSearchCallback(tune.Callback):
 
     # -- the live front -------------------------------------------------------------------------
     def _add_to_front(self, trial, result: dict[str, Any]) -> None:
-        from skipnet.config import flatten
+        from skipnet.core.config import flatten
         try:
             self.live.add(trial.trial_id, result, flatten(full_train_config(trial.config, self.base_train)))
         except Exception as e:                       # never let bookkeeping fail the search
@@ -163,9 +163,10 @@ class MLflowSearchCallback(tune.Callback):
 
     def _log_front(self) -> None:
         """Draw the front over the results so far and log it to the parent run; show it in the
-        parent run's description and the trials' ranks and colours (:mod:`skipnet.mlflow_ui`)."""
-        from skipnet import mlflow_ui, plots, tracking
-        from skipnet.fronts import front_csv
+        parent run's description and the trials' ranks and colours (:mod:`skipnet.tracking.ui`)."""
+        from skipnet.fronts import plots
+        from skipnet.fronts.analysis import front_csv
+        from skipnet.tracking import runs, ui
         update = self.live.update({tid: self.tracker.find_child(tid) or "" for tid in self.live.points})
         if update is None:
             return                                   # no trial reported both metrics yet
@@ -180,8 +181,8 @@ class MLflowSearchCallback(tune.Callback):
             csv = Path(tmp) / "front.csv"
             csv.write_text(front_csv(update.front))
             try:
-                tracking.log_live_front(self.tracker.client, update.front, [*files, csv], update.step)
-                self._shown = mlflow_ui.show_front(
+                runs.log_live_front(self.tracker.client, update.front, [*files, csv], update.step)
+                self._shown = ui.show_front(
                     self.tracker.client, update.front, experiment_id=self.tracker.experiment_id,
                     when=f"after {update.step} training iterations", shown=self._shown, retry=False)
             except Exception as e:                   # the next due update tries again; results go on
@@ -199,7 +200,7 @@ class MLflowSearchCallback(tune.Callback):
         tags = completion_tags(trial.last_result or {}, self.max_steps)
         checkpoint = trial.checkpoint                # the latest: the model the last metrics describe
         if checkpoint is not None:
-            from skipnet.storage import uri_of
+            from skipnet.core.storage import uri_of
             tags["checkpoint_path"] = uri_of(checkpoint.path, checkpoint.filesystem)   # s3://... keeps its scheme
             with checkpoint.as_directory() as directory:
                 self.tracker.log_checkpoint(run_id, directory)
@@ -265,17 +266,11 @@ class MLflowSearchCallback(tune.Callback):
 
 def full_train_config(config: dict[str, Any], base_train: dict[str, Any]) -> dict[str, Any]:
     """The trial's whole TrainConfig (shared settings plus its sampled values) as a dict."""
-    from skipnet.config import flatten, load_train_config, to_dict
+    from skipnet.core.config import flatten, load_train_config, to_dict
     try:
         return to_dict(load_train_config(None, flatten(config), base=dict(base_train)))
     except Exception:                       # never let bookkeeping fail a trial
         return config
-
-
-def completion_tags(last_result: dict[str, Any], max_steps: int) -> dict[str, str]:
-    """``stopped_early`` and ``tune_status`` of a trial that ended normally."""
-    stopped = int(last_result.get("training_iteration", 0)) < max_steps and not last_result.get("engine_done")
-    return {"stopped_early": str(stopped).lower(), "tune_status": "stopped" if stopped else "completed"}
 
 
 def _get(config: dict, dotted: str):

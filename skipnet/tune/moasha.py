@@ -3,7 +3,7 @@
 ASHA stops the trials that are not among the best ``1/reduction_factor`` at each rung by one
 metric. SkipNet trades accuracy against computation, so one metric cannot say who is best;
 MOASHA (after Syne Tune's ``MOASHA``) sorts a rung's results by non-dominated rank, then by
-a diversity tie breaker, both computed by :mod:`skipnet.pareto`.
+a diversity tie breaker, both computed by :mod:`skipnet.fronts.pareto`.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import numpy as np
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-from skipnet import pareto
+from skipnet.fronts import pareto
 
 if TYPE_CHECKING:
     from ray.tune.execution.tune_controller import TuneController

@@ -42,7 +42,7 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import PopulationBasedTraining
 from ray.tune.schedulers.pbt import _FutureTrainingResult
 
-from skipnet import pareto
+from skipnet.fronts import pareto
 
 if TYPE_CHECKING:
     from ray.tune.execution.tune_controller import TuneController

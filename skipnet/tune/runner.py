@@ -5,7 +5,8 @@ storage directory (``Tuner.restore``); both return a ``SearchSummary``. The sear
 holds ``skipnet_search.json`` (the experiment, the MLflow parent run id and what each part of
 the search cost: ``skipnet.tune.cost``), so a resume logs into the same parent and child runs. A pipeline search that can share SP runs its SP phase
 first, in ``<search>/sp`` (``skipnet.tune.sharing``); a resume reuses every finished SP and
-continues an interrupted one from its checkpoint.
+continues an interrupted one from its checkpoint. Making MLflow hold what a search's storage
+holds, afterwards, is ``skipnet.tune.sync``.
 """
 from __future__ import annotations
 
@@ -17,10 +18,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from skipnet import storage
-from skipnet.config import from_dict, to_dict
+from skipnet.core import storage
+from skipnet.core.config import from_dict, to_dict
 from skipnet.errors import ConfigError, SkipNetError
-from skipnet.fronts import parse_schedule
+from skipnet.fronts.analysis import parse_schedule
 from skipnet.tune.cost import SEARCH_FILE
 from skipnet.tune.experiment import PBT_TYPES, ExperimentConfig
 from skipnet.tune.sharing import SP_DIR, SPPlan, plan_sharing, sp_key
@@ -47,7 +48,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 
     Ray 2.60 moves ``_node_ip_address=127.0.0.1`` to the routable address unless clusters are
     off (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``), so the local default sets that first.
-    A cluster's token authentication is matched first (``skipnet.ray_auth``); a local Ray has
+    A cluster's token authentication is matched first (``skipnet.cluster.auth``); a local Ray has
     it on, as Ray 2.60 starts it.
     """
     import ray
@@ -56,7 +57,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if address or os.environ.get("RAY_ADDRESS"):       # a cluster (inside a Ray job: RAY_ADDRESS)
         check_ray_address(address)
         if address and address not in ("auto", "local") and "://" not in address:
-            from skipnet.ray_auth import match_gcs
+            from skipnet.cluster.auth import match_gcs
             match_gcs(address)                         # token mode if the cluster asks for it, in seconds
         try:
             ray.init(address=address or None, log_to_driver=True)
@@ -103,6 +104,15 @@ def load_space(exp: ExperimentConfig) -> SearchSpace:
     if isinstance(exp.search_space, str):
         return SearchSpace.from_yaml(exp.resolve(exp.search_space))
     return SearchSpace.from_dict(exp.search_space, source="search_space")
+
+
+def check_search(exp: ExperimentConfig) -> SearchSpace:
+    """Refuse what would fail the search before it starts anything (ConfigError): its search
+    space and its scheduler (a PBT mutations file). Returns the space. ``run_search`` starts with
+    it, and ``skipnet submit`` runs it before a job reaches the cluster."""
+    space = load_space(exp)
+    build_scheduler(exp)
+    return space
 
 
 def build_scheduler(exp: ExperimentConfig):
@@ -177,7 +187,8 @@ def _metric_mode(exp: ExperimentConfig) -> tuple[str | None, str | None]:
     return exp.scheduler.metric, "max"
 
 
-def _tags(exp: ExperimentConfig, search_id: str) -> dict[str, str]:
+def search_tags(exp: ExperimentConfig, search_id: str) -> dict[str, str]:
+    """The tags of every run of the search (its id, architecture, gate, data set, scheduler, searcher)."""
     train = exp.train
     return {"search_id": search_id, "architecture": str(train.get("model", {}).get("arch", "")),
             "gate": str(train.get("model", {}).get("gate", "") or ""),
@@ -214,7 +225,7 @@ def build_tuner(exp: ExperimentConfig, search_id: str, parent_run_id: str, track
     space = load_space(exp)
     search_alg, param_space = _search(exp, space)
     metric, mode = _metric_mode(exp)
-    tags = _tags(exp, search_id)
+    tags = search_tags(exp, search_id)
     if shared is not None:
         tags["role"] = "hrl"
     callback = MLflowSearchCallback(tracking_uri, exp.mlflow.experiment_name, parent_run_id,
@@ -258,7 +269,7 @@ def build_sp_tuner(exp: ExperimentConfig, search_id: str, parent_run_id: str, tr
     from skipnet.tune.mlflow_callback import MLflowSearchCallback
     from skipnet.tune.result_logs import result_loggers
     callback = MLflowSearchCallback(tracking_uri, exp.mlflow.experiment_name, parent_run_id,
-                                    dict(_tags(exp, search_id), role="sp"), plan.steps, exp.base_train(),
+                                    dict(search_tags(exp, search_id), role="sp"), plan.steps, exp.base_train(),
                                     search_path=_search_path(exp, search_id), ends_search=False)
     return tune.Tuner(
         _trainable(exp, sp_phase=True), param_space=plan.param_space(),
@@ -272,8 +283,8 @@ def build_sp_tuner(exp: ExperimentConfig, search_id: str, parent_run_id: str, tr
 
 def _shared_sp(exp: ExperimentConfig, results, tracking_uri: str, parent_run_id: str) -> SharedSP:
     """Map each SP trial's configuration to its final checkpoint and MLflow run."""
-    from skipnet.config import flatten, load_train_config
-    from skipnet.tracking import SearchTracker
+    from skipnet.core.config import flatten, load_train_config
+    from skipnet.tracking.runs import SearchTracker
     failed = [r for r in results if r.error is not None or r.checkpoint is None]
     if failed:
         raise SkipNetError(f"the SP phase failed ({len(failed)} of {len(results)} SP trials): "
@@ -349,16 +360,17 @@ def run_search(exp: ExperimentConfig, *, address: str | None = None) -> SearchSu
 
     Nothing is created (no MLflow run, no search directory) before Ray has accepted the
     connection; a stopped search raises ``SearchInterrupted`` (``skipnet.tune.stopping``)."""
-    from skipnet.tracking import SearchTracker, check_store, resolve_uri
+    from skipnet.tracking.runs import SearchTracker, check_store, resolve_uri
+    from skipnet.tracking.ui import prepare_ui
     from skipnet.tune.stopping import on_stop_signals
-    space = load_space(exp)                        # fail on a bad space before starting anything
-    build_scheduler(exp)
+    space = check_search(exp)                      # fail on a bad space before starting anything
     check_ray_address(address)                     # an unreachable cluster: fail in seconds
     check_store(resolve_uri(exp.mlflow.tracking_uri))
     init_ray(address, num_cpus=None)
     search_id = f"{exp.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     tracker = SearchTracker(exp.mlflow.tracking_uri, exp.mlflow.experiment_name)
     parent = tracker.start_search(search_id, to_dict(exp), space.to_dict())
+    prepare_ui(tracker.client, tracker.experiment_id, search_id, parent)     # its saved view and descriptions
     path = _search_path(exp, search_id)
     try:
         _write_meta(path, exp, search_id, parent, tracker.uri)
@@ -379,7 +391,7 @@ def resume_search(path: str, *, address: str | None = None) -> SearchSummary:
     that nothing trained). A stopped search's cost adds up over its run and every resume."""
     from ray import tune
 
-    from skipnet.tracking import SearchTracker
+    from skipnet.tracking.runs import SearchTracker
     from skipnet.tune.stopping import on_stop_signals
     path = storage.resolve(path)                  # Tune's restore reads a URI: a relative path has no scheme
     meta, exp = read_search_meta(path)
@@ -496,156 +508,3 @@ def error_line(error: BaseException) -> str:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     raised = [line for line in lines if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b:?", line)]
     return (raised[-1] if raised else lines[0] if lines else type(error).__name__)[:300]
-
-
-def sync_mlflow(path: str) -> dict[str, int]:
-    """Copy into MLflow what Tune's storage at ``path`` holds and MLflow lacks: child runs (the
-    shared SP phase's too), results (by step), last checkpoints and end states.
-
-    Idempotent: what MLflow holds stays as it is, so a second sync, or a sync of a search the
-    callback logged whole, changes nothing. A run already ended with the status Tune gives its
-    trial keeps its tags and end time (the callback saw the trial end). What sync creates or
-    ends gets the trial's own times, never the time of the sync: a run starts at its first
-    result, its results keep their timestamps, it ends at its last result (or, failing before
-    any, when its error was written), and a parent still running ends at its last trial's end.
-    """
-    from skipnet.tracking import SearchTracker
-    meta, exp = read_search_meta(path)
-    root = storage.resolve(path)                # as Tune names checkpoints, whichever way PATH is written
-    tracker = SearchTracker(meta["tracking_uri"], exp.mlflow.experiment_name)
-    tracker.parent_run_id = meta["parent_run_id"]
-    plan, _ = plan_sharing(exp, load_space(exp))
-    tags = _tags(exp, meta["search_id"])
-    counts = {"runs_created": 0, "results_logged": 0, "checkpoints_logged": 0, "runs_ended": 0}
-    finished, sp_runs = True, None
-    if plan is not None and storage.is_dir(storage.join(root, SP_DIR)):   # the shared SP phase, as build_sp_tuner logs it
-        sp_runs = {}
-        finished = _sync_trials(tracker, storage.join(root, SP_DIR), exp, dict(tags, role="sp"), plan.steps, counts,
-                                sp_runs_out=sp_runs)
-    try:
-        finished &= _sync_trials(tracker, root, exp, dict(tags, role="hrl") if plan is not None else tags,
-                                 plan.hrl_steps if plan is not None else exp.budget.max_steps, counts,
-                                 sp_runs=sp_runs, later=changing_keys(exp))
-    except _NoTuneState as e:
-        if sp_runs is None:                                     # nothing at all to read
-            raise SkipNetError(f"sync-mlflow: {path}: Tune has no readable experiment state there ({e})") from None
-        finished = False                                        # stopped during the SP phase
-    if finished:
-        tracker.close_search("FINISHED")
-    return counts
-
-
-class _NoTuneState(Exception):
-    pass
-
-
-def _sync_trials(tracker, root: str, exp: ExperimentConfig, tags: dict[str, str], max_steps: int,
-                 counts: dict[str, int], *, sp_runs: dict[str, str] | None = None,
-                 sp_runs_out: dict[str, str] | None = None, later: frozenset[str] = frozenset()) -> bool:
-    """``sync_mlflow`` for one Tune experiment at ``root`` (the searched trials', or the SP
-    phase's with ``sp_runs_out`` collecting SP key -> run), a local path or a URI. True if every
-    trial has ended. ``later``: keys logged as params once the trial has ended (``changing_keys``)."""
-    from ray.tune import ExperimentAnalysis
-
-    from skipnet.config import flatten, load_train_config
-    from skipnet.tracking import result_tags
-    from skipnet.tune.mlflow_callback import _get, completion_tags, full_train_config
-    try:
-        analysis = ExperimentAnalysis(root)
-    except Exception as e:
-        raise _NoTuneState(str(e)) from None
-    base = exp.base_train()
-    finished = True
-    for trial in analysis.trials:
-        trial_dir = storage.join(root, trial.storage.trial_dir_name)
-        results = _trial_results(trial_dir)
-        config = full_train_config(trial.config, base)
-        run_id = tracker.find_child(trial.trial_id)
-        if run_id is None:                                      # the callback missed the trial's start
-            run_tags = dict(tags, trial_id=trial.trial_id, gate=str(_get(trial.config, "model.gate") or tags["gate"]))
-            if sp_runs and sp_runs.get(sp_key(config)):
-                run_tags["sp_run_id"] = sp_runs[sp_key(config)]
-            run_id = tracker.child_run(trial.trial_id, config, run_tags, start_time=_started_at(results), later=later)
-            counts["runs_created"] += 1
-        if sp_runs_out is not None:
-            sp_runs_out[sp_key(load_train_config(None, flatten(trial.config), base=base))] = run_id
-        logged = tracker.logged_steps(run_id)
-        for result in results:
-            step = int(result.get("training_iteration", 0))
-            if step and step not in logged:
-                tracker.log_metrics(run_id, result, step, timestamp=_ms(result.get("timestamp")))
-                logged.add(step)
-                counts["results_logged"] += 1
-        run = tracker.client.get_run(run_id)
-        schedule = next((r["hyperparameter_schedule"] for r in reversed(results) if r.get("hyperparameter_schedule")), None)
-        if schedule and run.data.tags.get("hyperparameter_schedule") != schedule:
-            tracker.set_tags(run_id, {"hyperparameter_schedule": schedule})
-        latest = {k: v for r in results for k, v in result_tags(r).items()}   # the latest of each
-        if any(run.data.tags.get(k) != v for k, v in latest.items()):
-            tracker.set_tags(run_id, latest)
-        if trial.status not in ("TERMINATED", "ERROR"):
-            finished = False
-            continue
-        tracker.log_final_params(run_id, config, later, have=run.data.params)   # Tune's config: the final one
-        checkpoint = _last_checkpoint(trial_dir)
-        if trial.status == "TERMINATED" and checkpoint is not None and not tracker.has_checkpoint(run_id):
-            with storage.local_copy(checkpoint) as directory:      # MLflow uploads a local directory
-                tracker.log_checkpoint(run_id, directory)
-            counts["checkpoints_logged"] += 1
-        status = "FINISHED" if trial.status == "TERMINATED" else "FAILED"
-        if run.info.status == status:
-            continue                                            # ended as Tune says: its record stands
-        if status == "FINISHED":
-            end = completion_tags(results[-1] if results else {}, max_steps)
-            if checkpoint is not None:
-                end["checkpoint_path"] = checkpoint                 # a URI keeps its scheme
-        else:
-            end = {"tune_status": "error"}
-        ended = _ended_at(trial_dir, results)
-        tracker.end_child(run_id, status, end, end_time=max(ended, run.info.start_time or 0) if ended else None)
-        counts["runs_ended"] += 1
-    return finished
-
-
-def _ms(seconds: float | None) -> int | None:
-    return None if seconds is None else int(float(seconds) * 1000)
-
-
-def _started_at(results: list[dict[str, Any]]) -> int | None:
-    """When the trial started (ms), as its first result says: its time less the iteration's."""
-    if not results or "timestamp" not in results[0]:
-        return None
-    return _ms(float(results[0]["timestamp"]) - float(results[0].get("time_this_iter_s", 0.0)))
-
-
-def _ended_at(trial_dir: str, results: list[dict[str, Any]]) -> int | None:
-    """When the trial ended (ms): its last result's timestamp, or for a trial that failed before
-    reporting anything, when Tune wrote its error."""
-    if results and "timestamp" in results[-1]:
-        return _ms(results[-1]["timestamp"])
-    return _ms(storage.mtime(storage.join(trial_dir, "error.txt")))
-
-
-def _trial_results(trial_dir: str) -> list[dict[str, Any]]:
-    """The trial's reports in order, first occurrence of each step (as the callback logs them)."""
-    results, seen = [], set()
-    try:
-        text = storage.read_text(storage.join(trial_dir, "result.json"))
-    except FileNotFoundError:
-        text = ""                                     # no report yet
-    for line in text.splitlines():
-        try:
-            result = json.loads(line)
-        except json.JSONDecodeError:
-            continue                                  # a line cut by a crash
-        step = result.get("training_iteration")
-        if step not in seen:
-            seen.add(step)
-            results.append(result)
-    return results
-
-
-def _last_checkpoint(trial_dir: str) -> str | None:
-    """The trial's latest checkpoint directory (path or URI), or None."""
-    checkpoints = [name for name in storage.list_dir(trial_dir) if name.startswith("checkpoint_")]
-    return storage.join(trial_dir, max(checkpoints)) if checkpoints else None

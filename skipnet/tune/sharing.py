@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from skipnet.config import TrainConfig, load_train_config, set_dotted, to_dict
+from skipnet.core.config import TrainConfig, load_train_config, set_dotted, to_dict
 from skipnet.tune.experiment import ExperimentConfig
 from skipnet.tune.spaces import Choice, Constant, SearchSpace
 
@@ -88,6 +88,6 @@ def read_sp_state(uri: str) -> dict[str, Any]:
     """The end-of-SP engine state in the checkpoint at ``uri`` (a path or a storage URI)."""
     from ray import tune
 
-    from skipnet.checkpoint import TUNE_CHECKPOINT_FILE, read_checkpoint
+    from skipnet.core.checkpoint import TUNE_CHECKPOINT_FILE, read_checkpoint
     with tune.Checkpoint(uri).as_directory() as directory:
         return read_checkpoint(f"{directory}/{TUNE_CHECKPOINT_FILE}")

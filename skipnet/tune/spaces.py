@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import optuna.distributions as od
 from ray import tune
 
-from skipnet.config import TrainConfig, flatten, from_dict, read_yaml, set_dotted
+from skipnet.core.config import TrainConfig, flatten, from_dict, read_yaml, set_dotted
 from skipnet.errors import ConfigError
 
 __all__ = [

@@ -81,7 +81,7 @@ def end_killed(tracker, probe: bool = True) -> bool:
     if tracker is None:
         return False
     try:
-        from skipnet.tracking import server_reachable
+        from skipnet.tracking.runs import server_reachable
         if probe and not server_reachable(tracker.uri, timeout=2.0):
             raise ConnectionError(f"no answer from {tracker.uri}")
         for run in tracker.children():

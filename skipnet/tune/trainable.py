@@ -29,10 +29,10 @@ from typing import Any
 import torch
 from ray import tune
 
-from skipnet import threads
-from skipnet.checkpoint import TUNE_CHECKPOINT_FILE, atomic_save, read_checkpoint
-from skipnet.config import TrainConfig, flatten, load_train_config
-from skipnet.train.engine import Engine
+from skipnet.core import threads
+from skipnet.core.checkpoint import TUNE_CHECKPOINT_FILE, atomic_save, read_checkpoint
+from skipnet.core.config import TrainConfig, flatten, load_train_config
+from skipnet.core.train.engine import Engine
 from skipnet.tune.sharing import read_sp_state, sp_key
 
 
@@ -71,7 +71,7 @@ class SkipNetTrainable(tune.Trainable):
         self.restored_from: str | None = None
         self.restored_weights = ""                   # digest of the donor weights loaded on exploit
         cfg = self._train_config(config)
-        threads.configure(cfg.threads, cap=self._cpus())    # else one per CPU of the trial (skipnet.threads)
+        threads.configure(cfg.threads, cap=self._cpus())    # else one per CPU of the trial (skipnet.core.threads)
         _end_quietly_on_sigterm()
         self.engine = self._start(cfg)
 

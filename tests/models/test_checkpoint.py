@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import skipnet
-from skipnet.checkpoint import atomic_save, checkpoint_gate_kind, read_checkpoint
+from skipnet.core.checkpoint import atomic_save, checkpoint_gate_kind, read_checkpoint
+from skipnet.core.models import GateKind
 from skipnet.errors import CheckpointError
-from skipnet.models import GateKind
 
 
 def authors_keys(layers, gate, classes_fc=True, imagenet=False):

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import skipnet
-from skipnet.executor import execute, run_selected
+from skipnet.core.executor import execute, run_selected
 
 
 def _spread_gates(model):

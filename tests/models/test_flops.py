@@ -4,10 +4,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import skipnet
-from skipnet.flops import block_costs, block_count_pct
-from skipnet.models.blocks import BasicBlock
-from skipnet.models.gates import GateKind, GateSpec
-from skipnet.models.skipnet import SkipResNet
+from skipnet.core.flops import block_costs, block_count_pct
+from skipnet.core.models.blocks import BasicBlock
+from skipnet.core.models.gates import GateKind, GateSpec
+from skipnet.core.models.skipnet import SkipResNet
 
 
 def counted_macs(model, x, **kw):

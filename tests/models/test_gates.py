@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from skipnet.models.gates import (FeedforwardConvGate, FeedforwardFCGate, GateMode, RecurrentGate,
+from skipnet.core.models.gates import (FeedforwardConvGate, FeedforwardFCGate, GateMode, RecurrentGate,
                                   RecurrentGateEmbedding, decide)
 
 

@@ -3,9 +3,9 @@ import pytest
 import torch
 
 import skipnet
+from skipnet.core.models import SkipResNet
+from skipnet.core.models.registry import register_model
 from skipnet.errors import UnknownModelError
-from skipnet.models import SkipResNet
-from skipnet.models.registry import register_model
 
 ALL = skipnet.list_models()
 

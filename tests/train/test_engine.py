@@ -2,10 +2,10 @@
 import pytest
 import torch
 
-from skipnet.config import load_train_config
+from skipnet.core.config import load_train_config
+from skipnet.core.train import Engine, gate_returns, reinforce_loss
+from skipnet.core.train.steps import advantages, bernoulli_entropy, greedy_returns
 from skipnet.errors import ConfigError
-from skipnet.train import Engine, gate_returns, reinforce_loss
-from skipnet.train.steps import advantages, bernoulli_entropy, greedy_returns
 
 pytestmark = pytest.mark.slow      # trains engines (SP, HRL, resume equivalence)
 
@@ -138,7 +138,7 @@ def test_evaluation_never_changes_training(image_folder, num_workers):
 
 
 def test_first_hrl_chunk_of_a_pipeline_uses_hrl_eval_every(tmp_path):
-    from skipnet.train.run import fit
+    from skipnet.core.train.run import fit
     evaluated = []
     fit(small_cfg(tmp_path, **{"sp.iterations": 4, "sp.eval_every": 4, "hrl.iterations": 4, "hrl.eval_every": 2}),
         on_eval=lambda m: evaluated.append((m["stage"], m["iteration"])))

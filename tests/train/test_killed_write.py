@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from skipnet.checkpoint import read_checkpoint
+from skipnet.core.checkpoint import read_checkpoint
 
 pytestmark = pytest.mark.slow      # trains, kills and resumes real processes
 

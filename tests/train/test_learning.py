@@ -12,8 +12,8 @@ for both gate types (a SkipNet-20 at the quickstart's settings):
 import pytest
 from scipy.stats import spearmanr
 
-from skipnet.config import load_train_config
-from skipnet.train import Engine
+from skipnet.core.config import load_train_config
+from skipnet.core.train import Engine
 
 BASE = {"data.synthetic_size": 4000, "data.synthetic_test_size": 500, "data.val_size": 500,
         "sp.batch_size": 64, "sp.iterations": 200, "sp.lr_milestones": [150], "sp.gate_warmup": 50,

@@ -7,12 +7,12 @@ from scipy import stats
 from torch import nn
 
 import skipnet
-from skipnet.config import load_train_config
-from skipnet.data import build_splits, difficulty, eval_batches
-from skipnet.flops import block_costs
-from skipnet.models.gates import GateMode, decide
-from skipnet.train import Engine
-from skipnet.train.evaluate import FULL_EXECUTION_LOSS, SYNTHETIC_DIFFICULTY, evaluate, spearman
+from skipnet.core.config import load_train_config
+from skipnet.core.data import build_splits, difficulty, eval_batches
+from skipnet.core.flops import block_costs
+from skipnet.core.models.gates import GateMode, decide
+from skipnet.core.train import Engine
+from skipnet.core.train.evaluate import FULL_EXECUTION_LOSS, SYNTHETIC_DIFFICULTY, evaluate, spearman
 
 pytestmark = pytest.mark.slow      # trains engines to check the routing metrics they report
 

@@ -1,4 +1,4 @@
-"""The CPU thread policy (``skipnet.threads``): the config's count wins, the default is one
+"""The CPU thread policy (``skipnet.core.threads``): the config's count wins, the default is one
 thread per usable CPU (affinity, cgroup quota, OMP_NUM_THREADS, a trial's CPUs), and
 ``import skipnet`` makes OpenMP threads sleep rather than spin before torch loads libgomp.
 
@@ -13,8 +13,8 @@ import sys
 import pytest
 import torch
 
-from skipnet import threads
-from skipnet.config import load_train_config
+from skipnet.core import threads
+from skipnet.core.config import load_train_config
 
 
 @pytest.fixture
@@ -99,7 +99,7 @@ def test_cgroup_quota_caps_usable_cpus(tmp_path, files, quota):
 
 
 def test_fit_applies_the_policy(tmp_path, keep_threads, monkeypatch):
-    from skipnet.train.run import fit
+    from skipnet.core.train.run import fit
     small = {"stage": "sp", "data.synthetic_size": 300, "data.synthetic_test_size": 50, "data.val_size": 50,
              "sp.batch_size": 8, "sp.iterations": 1, "sp.eval_every": 1, "eval.max_batches": 1,
              "eval.batch_size": 8, "model.arch": "cifar10_rnn_gate_38"}

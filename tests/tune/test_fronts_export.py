@@ -19,9 +19,11 @@ from mlflow.tracking import MlflowClient
 from ray.tune import ExperimentAnalysis
 
 from conftest import MLflowServer
-from skipnet import fronts, mlflow_ui, pareto, tracking
 from skipnet.export import export_document, reproducing_config, write_export
-from skipnet.tune.runner import init_ray, resume_search, run_search, sync_mlflow
+from skipnet.fronts import analysis, pareto
+from skipnet.tracking import runs, ui
+from skipnet.tune.runner import init_ray, resume_search, run_search
+from skipnet.tune.sync import sync_mlflow
 from test_live_front import assert_front_shown
 from test_search import SPACE, TINY_TRAIN, description_commands, description_table, experiment, row_trial
 
@@ -111,16 +113,16 @@ def test_export_selector_picks_exactly_its_trial():
     """The shortest ``--max-computation`` that selects the trial; ``--min-accuracy`` past 100 %
     computation (the CLI takes percentages up to 100); ``--trial`` for a copy of another point."""
     def point(trial_id, accuracy, computation):
-        return fronts.TrialPoint("run-" + trial_id, trial_id, "s", "p", accuracy, computation, 1, 1, 10, "done")
+        return analysis.TrialPoint("run-" + trial_id, trial_id, "s", "p", accuracy, computation, 1, 1, 10, "done")
 
     trials = [point("a", 50.0, 37.85), point("b", 55.0, 37.851), point("c", 60.0, 40.0), point("d", 60.0, 40.0),
               point("e", 70.0, 100.4), point("f", float("nan"), 1.0)]
-    chosen = {t.trial_id: fronts.export_selector(trials, t) for t in trials[:5]}
+    chosen = {t.trial_id: analysis.export_selector(trials, t) for t in trials[:5]}
     assert chosen == {"a": "--max-computation 37.85", "b": "--max-computation 37.86", "c": "--max-computation 40.00",
                       "d": "--trial d", "e": "--min-accuracy 70.00"}
-    front = fronts.analyse("s", "p", trials)
+    front = analysis.analyse("s", "p", trials)
     assert [t.trial_id for t in front.front] == ["a", "b", "c", "e"] and front.copies == {"c": ["d"]}
-    text = fronts.front_markdown(front, max_chars=1400)
+    text = analysis.front_markdown(front, max_chars=1400)
     shown = text.count("skipnet export s ")                  # rows left out past max_chars are counted
     assert len(text) <= 1400 and 0 < shown < 4 and f"| ... {4 - shown} more: `skipnet pareto s` |" in text
 
@@ -129,8 +131,8 @@ def test_moasha_on_synthetic_data_replays_the_rule(searches, mlflow_server):
     """Trials ran one at a time, so each rung decision can be replayed from Tune's results."""
     summary = searches["mo"]
     assert summary.errors == 0 and len(summary.trials) == 8
-    analysis = ExperimentAnalysis(summary.path)
-    frames = analysis.trial_dataframes
+    tune_results = ExperimentAnalysis(summary.path)
+    frames = tune_results.trial_dataframes
     order = sorted(frames, key=lambda t: frames[t]["timestamp"].min())
     rungs = {1: [], 2: []}                        # grace 1, reduction 2, max_t 4
     expected, actual = {}, {}
@@ -231,11 +233,11 @@ def test_pareto_cli_tags_front_logs_plots_and_prints(searches, mlflow_server, tm
     client = MlflowClient(url)
     result = skipnet("pareto", fifo.search_id, "--tracking-uri", url, "--output", str(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
-    runs = children(client, fifo)
-    front = front_of(runs)
-    assert len({p for r in runs for p in run_points(r)}) > len(runs)        # the sweep added points
+    trial_runs = children(client, fifo)
+    front = front_of(trial_runs)
+    assert len({p for r in trial_runs for p in run_points(r)}) > len(trial_runs)        # the sweep added points
     parent = client.get_run(fifo.parent_run_id)
-    hv = pareto.hypervolume_2d([p for r in runs for p in run_points(r)], (10.0, 100.0), ["max", "min"])   # chance 10 %
+    hv = pareto.hypervolume_2d([p for r in trial_runs for p in run_points(r)], (10.0, 100.0), ["max", "min"])   # chance 10 %
     assert parent.data.metrics["pareto_hypervolume"] == pytest.approx(hv)
     points = {p for _, p in front}                    # trials with the same point are one front point
     assert parent.data.metrics["pareto_front_size"] == len(points)
@@ -256,11 +258,11 @@ def test_pareto_cli_tags_front_logs_plots_and_prints(searches, mlflow_server, tm
     result = skipnet("pareto", fifo.search_id, mo.parent_run_id, "--tracking-uri", url, "--output", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     for summary in (fifo, mo):
-        runs = children(client, summary)
-        front = front_of(runs)
+        trial_runs = children(client, summary)
+        front = front_of(trial_runs)
         front_runs = {rid for rid, _ in front}           # a trial is on the front if one of its points is
-        assert {r.info.run_id for r in runs if r.data.tags.get("pareto") == "true"} == front_runs
-        for r in runs:
+        assert {r.info.run_id for r in trial_runs if r.data.tags.get("pareto") == "true"} == front_runs
+        for r in trial_runs:
             assert (r.data.tags["pareto_rank"] == "0") == (r.info.run_id in front_runs)
         assert f"search {summary.search_id}" in result.stdout
         for point in {p for _, p in front}:                # each front point once, by one of its trials
@@ -277,8 +279,8 @@ def test_pareto_cli_tags_front_logs_plots_and_prints(searches, mlflow_server, tm
     for summary in (fifo, mo):
         assert after[summary.parent_run_id]["artifacts"]["pareto/front.png"] == own_png[summary.parent_run_id]
         assert after[summary.parent_run_id]["history"] == before[summary.parent_run_id]["history"]
-    overlay = tracking.overlay_path([mo.search_id, fifo.search_id])
-    assert overlay == tracking.overlay_path([fifo.search_id, mo.search_id]) and overlay in result.stdout
+    overlay = runs.overlay_path([mo.search_id, fifo.search_id])
+    assert overlay == runs.overlay_path([fifo.search_id, mo.search_id]) and overlay in result.stdout
     expected = {f"{overlay}/{n}" for n in ("front.png", "front.html", f"front-{fifo.search_id}.csv",
                                             f"front-{mo.search_id}.csv")}
     for summary in (fifo, mo):
@@ -332,7 +334,7 @@ def test_export_round_trip_reproduces_the_trial(searches, mlflow_server, tmp_pat
     version = client.get_model_version_by_alias("skipnet-test-best", "best")
     assert version.run_id == info["provenance"]["mlflow_run_id"]
 
-    points = {p.trial_id: p for p in tracking.search_trials(client, client.get_run(fifo.parent_run_id))}
+    points = {p.trial_id: p for p in runs.search_trials(client, client.get_run(fifo.parent_run_id))}
     swept = [p for p in points.values() if p.swept]
     assert swept, "the FIFO search's sweep added no point"
     knee = points[info["trial_id"]]
@@ -365,27 +367,27 @@ def test_threshold_points_enter_the_front_labelled_and_export_their_threshold():
                    "gate_threshold": 0.5, "iteration": 8.0}
         for t, a, c in curve:
             metrics.update({f"threshold_curve/{t!r}/val_top1": a, f"threshold_curve/{t!r}/val_computation_pct": c})
-        return fronts.TrialPoint("run-" + trial_id, trial_id, "s", "p", accuracy, computation, 4, 8, 10, "done",
-                                 config={"hrl.alpha": "0.5", "model.gate_threshold": "0.5"}, metrics=metrics)
+        return analysis.TrialPoint("run-" + trial_id, trial_id, "s", "p", accuracy, computation, 4, 8, 10, "done",
+                                   config={"hrl.alpha": "0.5", "model.gate_threshold": "0.5"}, metrics=metrics)
 
     # b's own point is dominated, its curve is not: 0.35 costs more and gains, 0.7 saves; 0.2 copies 0.35
     # (of equal points the threshold nearest the trial's own is kept)
     trials = [point("a", 60.0, 50.0), point("b", 50.0, 60.0, [(0.2, 70.0, 80.0), (0.35, 70.0, 80.0),
                                                                (0.5, 50.0, 60.0), (0.7, 55.0, 30.0)])]
-    points = [p for t in trials for p in fronts.with_threshold_points(t)]
+    points = [p for t in trials for p in analysis.with_threshold_points(t)]
     assert [(p.trial_id, p.swept, p.gate_threshold) for p in points] == \
         [("a", False, 0.5), ("b", False, 0.5), ("b@0.35", True, 0.35), ("b@0.7", True, 0.7)]
-    front = fronts.analyse("s", "p", points)
+    front = analysis.analyse("s", "p", points)
     assert [t.trial_id for t in front.front] == ["b@0.7", "a", "b@0.35"]
-    assert tracking.run_ranks(front.trials, front.rank) == {"run-a": 0, "run-b": 0}
-    csv = [row.split(",") for row in fronts.front_csv(front).strip().splitlines()]
+    assert ui.run_ranks(front.trials, front.rank) == {"run-a": 0, "run-b": 0}
+    csv = [row.split(",") for row in analysis.front_csv(front).strip().splitlines()]
     assert csv[0][7:9] == ["gate_threshold", "swept"] and [r[7:9] for r in csv[1:]] == \
         [["0.7", "true"], ["0.5", "false"], ["0.35", "true"]]
-    text = fronts.front_markdown(front)
-    assert f"| b@0.7{fronts.CELL_GAP} |" in text and "`model.gate_threshold: T`" in text and "# b@0.35" in text
-    chosen = fronts.select(points, trial_id="b@0.7")
+    text = analysis.front_markdown(front)
+    assert f"| b@0.7{analysis.CELL_GAP} |" in text and "`model.gate_threshold: T`" in text and "# b@0.35" in text
+    chosen = analysis.select(points, trial_id="b@0.7")
     assert chosen.metrics["val_top1"] == 55.0 and "test_top1" not in chosen.metrics
-    assert fronts.select(points, max_computation=35) is chosen
+    assert analysis.select(points, max_computation=35) is chosen
     doc = export_document(chosen, dict(TINY_TRAIN), selected_by="test", experiment="e", tracking_uri="sqlite:///x",
                           checkpoint_uri=None, code_version="test")
     assert doc["model"]["gate_threshold"] == 0.7 and doc["export"]["trial_id"] == "b@0.7"
@@ -426,31 +428,31 @@ def pbt_point(trial_id, accuracy, computation, schedule=((0, 10.34, 0.0161, None
     """A trial of an MO-PBT search; ``schedule``: its (iteration, alpha, lr, cloned_from) segments."""
     segments = [{"iteration": i, "hrl.alpha": a, "hrl.lr": lr, "trial": trial_id, **({"cloned_from": c} if c else {})}
                 for i, a, lr, c in schedule]
-    return fronts.TrialPoint("run-" + trial_id, trial_id, "s", "p", accuracy, computation, 4, 8, 10, "done",
-                             config=fronts.final_config(config or {"hrl.alpha": "10.34", "hrl.lr": "0.0161",
-                                                                   "model.gate": "recurrent"}, segments),
-                             schedule=segments, scheduler="mopbt")
+    return analysis.TrialPoint("run-" + trial_id, trial_id, "s", "p", accuracy, computation, 4, 8, 10, "done",
+                               config=analysis.final_config(config or {"hrl.alpha": "10.34", "hrl.lr": "0.0161",
+                                                                       "model.gate": "recurrent"}, segments),
+                               schedule=segments, scheduler="mopbt")
 
 
 def test_copies_of_one_member_are_one_point_of_the_front():
     """Three members at 99.60 / 100.02 (two copied the third's weights; the MO-PBT quickstart
     showed them as three front points): one point, shown as the first trial, the others named."""
     def point(trial_id, accuracy, computation):
-        return fronts.TrialPoint("run-" + trial_id, trial_id, "s", "p", accuracy, computation, 4, 8, 10, "done")
+        return analysis.TrialPoint("run-" + trial_id, trial_id, "s", "p", accuracy, computation, 4, 8, 10, "done")
 
     trials = [point("t0", 99.60, 100.02), point("t1", 99.60, 100.02), point("t2", 80.0, 40.0),
               point("t3", 99.60, 100.02), point("t4", 70.0, 50.0)]
-    front = fronts.analyse("s", "p", trials)
+    front = analysis.analyse("s", "p", trials)
     assert [t.trial_id for t in front.front] == ["t2", "t0"] and front.copies == {"t0": ["t1", "t3"]}
     assert list(front.rank) == [0, 0, 0, 0, 1]                # the copies are on the front: ranked, tagged so
-    rows = fronts.front_csv(front).strip().splitlines()
+    rows = analysis.front_csv(front).strip().splitlines()
     header = rows[0].split(",")
     assert len(rows) == 3 and rows[2].split(",")[header.index("same_point")] == "t1 t3"
-    text = fronts.front_markdown(front)
+    text = analysis.front_markdown(front)
     _, table = description_table(text)
     assert [row_trial(row[0]) for row in table] == ["t0", "t2"] and table[0][0].startswith("**t0**")   # the knee
     assert table[0][0].endswith("· same point: t1, t3") and text.count("skipnet export s ") == 2
-    assert [(r["trial"], r["same_point"]) for r in fronts.table(front)] == [("t2", []), ("t0", ["t1", "t3"])]
+    assert [(r["trial"], r["same_point"]) for r in analysis.table(front)] == [("t2", []), ("t0", ["t1", "t3"])]
 
 
 def test_front_description_renders_in_mlflow_with_the_best_rows_first():
@@ -462,8 +464,8 @@ def test_front_description_renders_in_mlflow_with_the_best_rows_first():
     trials = [pbt_point("cheap", 15.0, 5.0), pbt_point("mid", 70.0, 30.0, [(0, 10.34, 0.0161, None),
                                                                           (300, 2.68, 0.00374, "cheap")]),
               pbt_point("big", 92.0, 80.0), pbt_point("top", 93.0, 99.0), pbt_point("worse", 60.0, 60.0)]
-    front = fronts.analyse("s", "p", trials)
-    text = fronts.front_markdown(front)
+    front = analysis.analyse("s", "p", trials)
+    text = analysis.front_markdown(front)
     lines = text.splitlines()
     assert lines[0].startswith("**Front: 4 of 5 points**") and "hypervolume" in lines[0] and lines[1] == ""
     outside = text.split("```")[0::2]                       # the text around the code block
@@ -474,23 +476,23 @@ def test_front_description_renders_in_mlflow_with_the_best_rows_first():
     def alone(point):                                        # brute force: the hypervolume lost without it
         rest = [[t.accuracy, t.computation] for t in front.front if t is not point]
         every = [[t.accuracy, t.computation] for t in front.front]
-        return pareto.hypervolume_2d(every, front.reference, fronts.DIRECTIONS) - \
-            pareto.hypervolume_2d(rest, front.reference, fronts.DIRECTIONS)
+        return pareto.hypervolume_2d(every, front.reference, analysis.DIRECTIONS) - \
+            pareto.hypervolume_2d(rest, front.reference, analysis.DIRECTIONS)
 
     others = sorted((t for t in front.front if t is not front.knee), key=alone, reverse=True)
     assert [row_trial(row[0]) for row in rows] == [front.knee.trial_id, *(t.trial_id for t in others)]
     assert rows[0][0] == "**mid**" and front.knee.trial_id == "mid" and not rows[1][0].startswith("**")
     mid = dict(zip(headers, rows[0]))
     assert (mid["alpha"], mid["lr"], mid["retrains"]) == ("2.68", "0.00374", "no")
-    below = text.split(fronts.SCHEDULES_HEAD)[1].split("Retrains:")[0].strip().splitlines()   # under the table
+    below = text.split(analysis.SCHEDULES_HEAD)[1].split("Retrains:")[0].strip().splitlines()   # under the table
     assert below == ["- mid: 10.3 / 0.0161 (it. 0) → 2.68 / 0.00374 (it. 300, copied cheap)"]
-    assert text.rindex("| top") < text.index(fronts.SCHEDULES_HEAD)
+    assert text.rindex("| top") < text.index(analysis.SCHEDULES_HEAD)
     assert dict(zip(headers, rows[1]))["retrains"] == "yes"
     for point in (front.knee, others[0]):                    # "retrains" explained in the words the export uses
-        assert f"**{fronts.RETRAIN[point.reproducibility.reproducible]}**: {point.reproducibility.sentence}" in text
+        assert f"**{analysis.RETRAIN[point.reproducibility.reproducible]}**: {point.reproducibility.sentence}" in text
     uri, commands = description_commands(text)
     assert uri is None and [r.split()[0] for r, _ in commands] == [row_trial(row[0]) for row in rows]
-    section = mlflow_ui.trials_view("s")["compareRunSections"][0]
+    section = ui.trials_view("s")["compareRunSections"][0]
     assert (section["columns"], section["cardHeight"]) == (1, 500)
 
 
@@ -500,13 +502,13 @@ def test_export_file_and_description_say_the_same_of_a_changed_trial(tmp_path):
     it retrains."""
     changed = pbt_point("mid", 70.0, 30.0, [(0, 10.34, 0.0161, None), (300, 2.68, 0.00374, "cheap")])
     same = pbt_point("cheap", 15.0, 5.0, [(0, 10.34, 0.0161, None)])
-    text = fronts.front_markdown(fronts.analyse("s", "p", [changed, same]))
+    text = analysis.front_markdown(analysis.analyse("s", "p", [changed, same]))
     for point, reproducible in ((changed, False), (same, True)):
         doc = export_document(point, dict(TINY_TRAIN), selected_by="test", experiment="e", tracking_uri="sqlite:///x",
                               checkpoint_uri=None, code_version="test", scheduler="mopbt", schedule=point.schedule)
         provenance = doc["export"]["provenance"]
         assert provenance["reproducible"] is reproducible and provenance["note"] == point.reproducibility.sentence
-        assert f"**{fronts.RETRAIN[reproducible]}**: {provenance['note']}" in text
+        assert f"**{analysis.RETRAIN[reproducible]}**: {provenance['note']}" in text
         header = [line for line in write_export(doc, tmp_path / f"{point.trial_id}.yaml").read_text().splitlines()
                   if line.startswith("#")]
         assert ("# Reproduce it: skipnet train --config" in "\n".join(header)) is reproducible

@@ -8,9 +8,10 @@ import shlex
 import pytest
 from mlflow.tracking import MlflowClient
 
-from skipnet import fronts, mlflow_ui, pareto, tracking
 from skipnet.cli import build_parser
 from skipnet.errors import ConfigError
+from skipnet.fronts import analysis, pareto
+from skipnet.tracking import runs, ui
 from skipnet.tune.experiment import load_experiment
 from skipnet.tune.live_front import LiveFront
 from skipnet.tune.runner import run_search
@@ -33,7 +34,7 @@ def result(step, top1, comp, trained=2, classes=10):
 
 
 def hv(points):
-    return 100.0 * pareto.hypervolume_2d(points, REFERENCE, fronts.DIRECTIONS) / ((100.0 - REFERENCE[0]) * REFERENCE[1])
+    return 100.0 * pareto.hypervolume_2d(points, REFERENCE, analysis.DIRECTIONS) / ((100.0 - REFERENCE[0]) * REFERENCE[1])
 
 
 def test_live_front_throttles_keeps_each_trials_latest_and_counts_iterations():
@@ -154,8 +155,8 @@ def test_search_logs_its_front_as_results_arrive(tmp_path, mlflow_server, local_
                 break
             latest[trial], total = (top1, comp), total + trained
         assert total == spent, f"no prefix of the results spent {spent} iterations"
-        return hv(list(latest.values())), len(fronts.analyse("s", "p", [
-            fronts.TrialPoint("", t, "s", "p", a, c, 0, 0, 10, "") for t, (a, c) in latest.items()]).front)
+        return hv(list(latest.values())), len(analysis.analyse("s", "p", [
+            analysis.TrialPoint("", t, "s", "p", a, c, 0, 0, 10, "") for t, (a, c) in latest.items()]).front)
 
     history = client.get_metric_history(parent, "pareto_hypervolume_pct")
     sizes = {m.step: m.value for m in client.get_metric_history(parent, "pareto_front_size")}
@@ -169,7 +170,7 @@ def test_search_logs_its_front_as_results_arrive(tmp_path, mlflow_server, local_
     assert steps[-1] == sum(r[4] for r in reports) == 4 * 3 * 2             # the last update covers every result
 
     # the last live front is the one skipnet pareto computes from MLflow afterwards
-    after = fronts.analyse(summary.search_id, parent, tracking.search_trials(client, client.get_run(parent)))
+    after = analysis.analyse(summary.search_id, parent, runs.search_trials(client, client.get_run(parent)))
     assert history[-1].value == pytest.approx(after.hypervolume_pct, abs=1e-6)
     assert sizes[steps[-1]] == len(after.front)
     assert {a.path for a in client.list_artifacts(parent, "pareto")} == \
@@ -190,8 +191,8 @@ def assert_front_shown(client, parent_run_id, when):
     through the real CLI parser and selection; each trial's run carries its rank and colour;
     the search's saved view, run as the UI runs it, lists the search's runs front first."""
     parent = client.get_run(parent_run_id)
-    front = fronts.analyse(parent.data.tags["search_id"], parent_run_id, tracking.search_trials(client, parent))
-    text = parent.data.tags[mlflow_ui.NOTE]
+    front = analysis.analyse(parent.data.tags["search_id"], parent_run_id, runs.search_trials(client, parent))
+    text = parent.data.tags[ui.NOTE]
     assert text.startswith(f"**Front: {len(front.front)} of {len(front.trials)} points**, hypervolume "
                            f"{front.hypervolume_pct:.2f} %;") and f"This front: {when}" in text
     headers, rows = description_table(text)
@@ -203,29 +204,29 @@ def assert_front_shown(client, parent_run_id, when):
         assert (cell["val_top1"], cell["comp. %"]) == (f"{t.accuracy:.2f}", f"{t.computation:.2f}"), t.trial_id
         assert row[0].startswith("**") == (t.trial_id == front.knee.trial_id)     # the knee, in bold
         assert float(cell["alpha"]) == pytest.approx(float(t.config["hrl.alpha"]), rel=1e-3)
-        assert cell["retrains"] == fronts.RETRAIN[t.reproducibility.reproducible]
+        assert cell["retrains"] == analysis.RETRAIN[t.reproducibility.reproducible]
         assert t.reproducibility.sentence in text                    # what "retrains" says, word for word
     uri, commands = description_commands(text)
-    assert uri == (None if client.tracking_uri == tracking.default_tracking_uri() else client.tracking_uri)
+    assert uri == (None if client.tracking_uri == runs.default_tracking_uri() else client.tracking_uri)
     assert len(commands) == len(best) and max(len(line) for line in text.split("```")[1].splitlines()) <= 100
     for t, (remark, command) in zip(best, commands):
         assert remark.split()[0] == t.trial_id
         argv = shlex.split(command)
         args = build_parser().parse_args(argv[1:])
         assert argv[0] == "skipnet" and args.command == "export" and args.search == front.search_id
-        store = tracking.open_store(args.tracking_uri or uri)
-        trials = [p for run in tracking.find_searches(store, args.search) for p in tracking.search_trials(store, run)]
-        picked = fronts.select(trials, max_computation=args.max_computation, min_accuracy=args.min_accuracy,
-                               knee=args.knee, trial_id=args.trial)
+        store = runs.open_store(args.tracking_uri or uri)
+        trials = [p for run in runs.find_searches(store, args.search) for p in runs.search_trials(store, run)]
+        picked = analysis.select(trials, max_computation=args.max_computation, min_accuracy=args.min_accuracy,
+                                 knee=args.knee, trial_id=args.trial)
         assert picked.trial_id == t.trial_id, (command, picked.trial_id)
-    ranks = tracking.run_ranks(front.trials, front.rank)       # a trial's best point (its own or ID@T)
+    ranks = ui.run_ranks(front.trials, front.rank)       # a trial's best point (its own or ID@T)
     for run_id, rank in ranks.items():
         tags = client.get_run(run_id).data.tags
         assert tags["pareto_rank"] == ("" if rank == pareto.NAN_RANK else str(rank))
-        assert tags[mlflow_ui.RUN_COLOR] == (mlflow_ui.FRONT_COLOR if rank == 0 else mlflow_ui.OTHER_COLOR)
+        assert tags[ui.RUN_COLOR] == (ui.FRONT_COLOR if rank == 0 else ui.OTHER_COLOR)
     experiment = client.get_experiment(parent.info.experiment_id)
-    assert experiment.tags[mlflow_ui.KIND] == "custom_model_development"
-    view = json.loads(experiment.tags[mlflow_ui.SAVED_VIEW + mlflow_ui.view_key(front.search_id)])
+    assert experiment.tags[ui.KIND] == "custom_model_development"
+    view = json.loads(experiment.tags[ui.SAVED_VIEW + ui.view_key(front.search_id)])
     state = json.loads(view["state"])
     listed = client.search_runs([experiment.experiment_id], filter_string=state["searchFilter"],
                                 order_by=[f"{state['orderByKey']} {'ASC' if state['orderByAsc'] else 'DESC'}"])

@@ -13,7 +13,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from skipnet import create_model, save_checkpoint, storage
+from skipnet import create_model, save_checkpoint
+from skipnet.core import storage
 from test_cluster import skipnet, write_experiment
 from test_search import TINY_TRAIN
 

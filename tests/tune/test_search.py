@@ -13,11 +13,13 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from skipnet import export, fronts, mlflow_ui, tracking
+from skipnet import export
 from skipnet.cli import _schedule
-from skipnet.config import from_dict
+from skipnet.core.config import from_dict
+from skipnet.fronts import analysis
+from skipnet.fronts.pareto import is_pareto_front
+from skipnet.tracking import runs, ui
 from skipnet.tune.experiment import ExperimentConfig
-from skipnet.pareto import is_pareto_front
 from skipnet.tune.pbt import DECISIONS_FILE, population_order
 from skipnet.tune.runner import run_search
 from skipnet.tune.trainable import weights_digest
@@ -36,11 +38,11 @@ SPACE = {"hrl.alpha": {"type": "loguniform", "low": 1e-3, "high": 1.0},
 
 def description_table(text):
     """The front table of a parent run's description: (headers, rows of cells), each cell
-    without the padding that keeps MLflow's cells apart (``fronts.CELL_GAP``)."""
+    without the padding that keeps MLflow's cells apart (``analysis.CELL_GAP``)."""
     lines = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| ... ")]
     raw = [line.strip()[2:-2].split(" | ") for line in lines]
-    assert raw and all(c.endswith(fronts.CELL_GAP) for row in raw for c in row), text[:500]     # every cell padded
-    cells = [[c[:-len(fronts.CELL_GAP)].replace("&nbsp;", " ").strip() for c in row] for row in raw]
+    assert raw and all(c.endswith(analysis.CELL_GAP) for row in raw for c in row), text[:500]     # every cell padded
+    cells = [[c[:-len(analysis.CELL_GAP)].replace("&nbsp;", " ").strip() for c in row] for row in raw]
     assert cells[0][0] == "trial" and {len(row) for row in cells} == {len(cells[0])}, text[:500]
     return cells[0], cells[1:]
 
@@ -183,15 +185,15 @@ def test_pbt_population_of_four_exploits_within_each_gate_family(tmp_path, mlflo
         n = min(math.ceil(len(order) * 0.5), len(order) // 2)
         assert d["upper"] == order[:n] and d["lower"] == (order[len(order) - n:] if n else [])
     client = MlflowClient(mlflow_server["url"])
-    runs = {r.data.tags["trial_id"]: r for r in children(client, summary)}
-    assert len(runs) == 4
+    trial_runs = {r.data.tags["trial_id"]: r for r in children(client, summary)}
+    assert len(trial_runs) == 4
     for d in exploits:                            # the history is on the trial's MLflow run
-        assert runs[d["trial"]].data.tags["hyperparameter_schedule"] == results[d["trial"]][-1]["hyperparameter_schedule"]
+        assert trial_runs[d["trial"]].data.tags["hyperparameter_schedule"] == results[d["trial"]][-1]["hyperparameter_schedule"]
     # an export says what the trial went through: the schedule, not reproducible unless untouched
-    points = {p.trial_id: p for p in tracking.search_trials(client, client.get_run(summary.parent_run_id))}
-    for trial_id, run in runs.items():
+    points = {p.trial_id: p for p in runs.search_trials(client, client.get_run(summary.parent_run_id))}
+    for trial_id, run in trial_runs.items():
         schedule = _schedule(run)
-        doc = export.export_document(points[trial_id], tracking.download_train_config(client, run.info.run_id, tmp_path),
+        doc = export.export_document(points[trial_id], runs.download_train_config(client, run.info.run_id, tmp_path),
                                      selected_by="test", experiment="pbt-test", tracking_uri=mlflow_server["url"],
                                      checkpoint_uri=None, code_version="test", scheduler="pbt", schedule=schedule)
         section = doc[export.EXPORT_KEY]
@@ -240,13 +242,13 @@ def test_mopbt_exploits_by_pareto_rank_and_keeps_a_spread_front(mopbt, mlflow_se
     assert is_pareto_front(final, ["max", "min"]).sum() >= 3, final
     # the front as MLflow shows it: each point once, copies of it named beside it
     client = MlflowClient(mlflow_server["url"])
-    front = fronts.analyse(summary.search_id, summary.parent_run_id,
-                           tracking.search_trials(client, client.get_run(summary.parent_run_id)))
+    front = analysis.analyse(summary.search_id, summary.parent_run_id,
+                             runs.search_trials(client, client.get_run(summary.parent_run_id)))
     points = [(t.accuracy, t.computation) for t in front.front]
     assert len(set(points)) == len(points)
     on_front = {t.trial_id for t, r in zip(front.trials, front.rank) if r == 0}
     assert on_front == {t.trial_id for t in front.front} | {c for cs in front.copies.values() for c in cs}
-    _, rows = description_table(client.get_run(summary.parent_run_id).data.tags[mlflow_ui.NOTE])
+    _, rows = description_table(client.get_run(summary.parent_run_id).data.tags[ui.NOTE])
     assert len(rows) == len(front.front)
     # and as `skipnet pareto` prints it: one row per point, the trials sharing it named on its row
     result = subprocess.run([sys.executable, "-m", "skipnet", "pareto", summary.search_id, "--no-log",
@@ -272,17 +274,17 @@ def test_mopbt_trials_list_the_hyperparameters_they_ended_with(mopbt, mlflow_ser
     ended with, not those it started with (params cannot change: they are logged at its end)."""
     results = trial_results(mopbt)
     client = MlflowClient(mlflow_server["url"])
-    runs = {r.data.tags["trial_id"]: r for r in children(client, mopbt)}
+    trial_runs = {r.data.tags["trial_id"]: r for r in children(client, mopbt)}
     changed = [tid for tid, rows in results.items()
                if final_values(rows) != (rows[0]["config"]["hrl"]["alpha"], rows[0]["config"]["hrl"]["lr"])]
     assert changed, "no member's hyperparameters changed"
-    points = {p.trial_id: p for p in tracking.search_trials(client, client.get_run(mopbt.parent_run_id))}
+    points = {p.trial_id: p for p in runs.search_trials(client, client.get_run(mopbt.parent_run_id))}
     for tid, rows in results.items():
         alpha, lr = final_values(rows)
-        params = runs[tid].data.params
+        params = trial_runs[tid].data.params
         assert (params["hrl.alpha"], params["hrl.lr"]) == (str(alpha), str(lr)), tid
         assert (points[tid].config["hrl.alpha"], points[tid].config["hrl.lr"]) == (str(alpha), str(lr))
-    text = client.get_run(mopbt.parent_run_id).data.tags[mlflow_ui.NOTE]
+    text = client.get_run(mopbt.parent_run_id).data.tags[ui.NOTE]
     headers, table = description_table(text)
     listed = [row_trial(row[0]).split("@")[0] for row in table]
     for tid, row in zip(listed, table):
@@ -290,12 +292,12 @@ def test_mopbt_trials_list_the_hyperparameters_they_ended_with(mopbt, mlflow_ser
         alpha, lr = final_values(results[tid])
         assert (cell["alpha"], cell["lr"]) == (f"{alpha:.4g}", f"{lr:.4g}"), tid
     # right below the table, the schedule of each listed trial whose alpha or lr changed
-    below = text.split(fronts.SCHEDULES_HEAD)[1].split("Retrains:")[0] if fronts.SCHEDULES_HEAD in text else ""
+    below = text.split(analysis.SCHEDULES_HEAD)[1].split("Retrains:")[0] if analysis.SCHEDULES_HEAD in text else ""
     scheduled = {re.match(r"- \[?([\w.-]+)", line).group(1): line.split(": ", 1)[1]
                  for line in below.splitlines() if line.startswith("- ")}
-    expected = {tid: fronts.schedule_text(json.loads(results[tid][-1]["hyperparameter_schedule"])) for tid in listed}
+    expected = {tid: analysis.schedule_text(json.loads(results[tid][-1]["hyperparameter_schedule"])) for tid in listed}
     assert scheduled == {tid: text for tid, text in expected.items() if text}
-    assert not scheduled or text.rindex("&nbsp; |") < text.index(fronts.SCHEDULES_HEAD)
+    assert not scheduled or text.rindex("&nbsp; |") < text.index(analysis.SCHEDULES_HEAD)
 
 
 def test_mopbt_summary_says_what_exporting_its_knee_gives(mopbt, capsys):
@@ -316,11 +318,11 @@ def test_mopbt_export_of_an_exploited_trial_says_one_thing(mopbt, mlflow_server,
     """``skipnet export`` of an exploited member, its file and the parent run's description say
     the same: retraining does not reproduce it, its model is its checkpoint."""
     client = MlflowClient(mlflow_server["url"])
-    runs = {r.data.tags["trial_id"]: r for r in children(client, mopbt)}
-    exploited = sorted(tid for tid, run in runs.items() if len(_schedule(run)) > 1)      # its schedule changed
+    trial_runs = {r.data.tags["trial_id"]: r for r in children(client, mopbt)}
+    exploited = sorted(tid for tid, run in trial_runs.items() if len(_schedule(run)) > 1)      # its schedule changed
     assert exploited
-    trials = tracking.search_trials(client, client.get_run(mopbt.parent_run_id))
-    shown = {t.trial_id for t in fronts.analyse(mopbt.search_id, mopbt.parent_run_id, trials).front}
+    trials = runs.search_trials(client, client.get_run(mopbt.parent_run_id))
+    shown = {t.trial_id for t in analysis.analyse(mopbt.search_id, mopbt.parent_run_id, trials).front}
     trial_id = next((tid for tid in exploited if tid in shown), exploited[0])      # on the front if one is
     out = tmp_path / "exported.yaml"
     result = subprocess.run([sys.executable, "-m", "skipnet", "export", mopbt.search_id, "--trial", trial_id,
@@ -328,7 +330,7 @@ def test_mopbt_export_of_an_exploited_trial_says_one_thing(mopbt, mlflow_server,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "reproduce it: skipnet train" not in result.stdout.lower()
-    assert f"runs:/{runs[trial_id].info.run_id}/checkpoint" in result.stdout
+    assert f"runs:/{trial_runs[trial_id].info.run_id}/checkpoint" in result.stdout
     point = next(t for t in trials if t.trial_id == trial_id)
     verdict = point.reproducibility
     assert not verdict.reproducible and "MO-PBT" in verdict.sentence and verdict.sentence in result.stdout
@@ -337,12 +339,12 @@ def test_mopbt_export_of_an_exploited_trial_says_one_thing(mopbt, mlflow_server,
     assert provenance["reproducible"] is False and provenance["note"] == verdict.sentence
     header = [line for line in file.splitlines() if line.startswith("#")]
     assert verdict.sentence in " ".join(header) and "reproduce it: skipnet train" not in " ".join(header).lower()
-    text = client.get_run(mopbt.parent_run_id).data.tags[mlflow_ui.NOTE]
+    text = client.get_run(mopbt.parent_run_id).data.tags[ui.NOTE]
     assert "retrains it" not in text and (trial_id not in shown or verdict.sentence in text)
     headers, rows = description_table(text)
     for row in rows:
         t = next(p for p in trials if p.trial_id == row_trial(row[0]))
-        assert dict(zip(headers, row))["retrains"] == fronts.RETRAIN[t.reproducibility.reproducible]
+        assert dict(zip(headers, row))["retrains"] == analysis.RETRAIN[t.reproducibility.reproducible]
 
 
 def test_optuna_multi_objective_search(tmp_path, mlflow_server, local_ray):

@@ -7,8 +7,8 @@ import torch
 from mlflow.tracking import MlflowClient
 from ray.tune import ExperimentAnalysis
 
-from skipnet.config import flatten, load_train_config
-from skipnet.train import Engine
+from skipnet.core.config import flatten, load_train_config
+from skipnet.core.train import Engine
 from skipnet.tune.runner import run_search, search_cost
 from skipnet.tune.sharing import plan_sharing, read_sp_state, sp_key
 from skipnet.tune.spaces import SearchSpace

@@ -100,7 +100,7 @@ def test_yaml_exponent_without_dot_is_a_number(tmp_path):
 def test_a_quoted_exponent_is_a_string_everywhere(tmp_path):
     """One reader for every file: ``1e-3`` is a number in a training config and a search space
     alike, and the same value quoted is a string, refused as a number in both."""
-    from skipnet.config import load_train_config
+    from skipnet.core.config import load_train_config
     (tmp_path / "t.yaml").write_text("hrl: {lr: 1e-3}\n")
     assert load_train_config(tmp_path / "t.yaml").hrl.lr == 1e-3
     (tmp_path / "q.yaml").write_text('hrl: {lr: "1e-3"}\n')

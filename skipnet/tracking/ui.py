@@ -12,11 +12,11 @@ lets a store set:
   every link written here carries ``workflowType=machine_learning``.
 * **The description** of an experiment or a run is its tag ``mlflow.note.content``, rendered as
   markdown by showdown: tables without borders or cell padding (cells run together unless
-  padded: :data:`skipnet.fronts.CELL_GAP`), headings as plain text, HTML attributes stripped;
+  padded: :data:`skipnet.fronts.analysis.CELL_GAP`), headings as plain text, HTML attributes stripped;
   a run's page shows its first 150 pixels (a line and about three table rows) above "Show
   more". The experiment's shows on top of every tab, the GenAI overview too: it links to the
   latest search's trials and front. The parent run's holds the front, best points first
-  (:func:`skipnet.fronts.front_markdown`), with one ``skipnet export`` command per front point.
+  (:func:`skipnet.fronts.analysis.front_markdown`), with one ``skipnet export`` command per front point.
 * **The runs table** nests child runs under their parent, collapsed, only while it is sorted by
   start time without a filter; its columns are chosen per browser. A *saved view* (experiment
   tag ``mlflow.sharedViewState.<key>``: name, creation time and the table's state as JSON; the
@@ -32,6 +32,10 @@ lets a store set:
   trials orange, the others grey, so the front stands out in the scatter; the parent run blue.
 * **Chart or table** is the URL parameter ``compareRunsMode=CHART``; the experiment's
   description links to both.
+
+This module builds on :mod:`skipnet.tracking.runs` (the runs themselves, the store's default
+URI, the retry switch), which never imports it: a new search's runs are created there, and
+``prepare_ui`` then sets what the UI shows of them.
 """
 from __future__ import annotations
 
@@ -43,7 +47,9 @@ import time
 from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 
-from skipnet.fronts import SearchFront, front_markdown
+from skipnet.fronts.analysis import SearchFront, TrialPoint, front_markdown
+from skipnet.fronts.pareto import NAN_RANK
+from skipnet.tracking.runs import default_tracking_uri, no_retries
 
 NOTE = "mlflow.note.content"                      # description of a run or an experiment (markdown)
 KIND = "mlflow.experimentKind"
@@ -117,16 +123,41 @@ def prepare_ui(client: MlflowClient, experiment_id: str, search_id: str, parent_
         f"results. [The trials so far]({trials_link(experiment_id, search_id)})."))])
 
 
+def run_ranks(points: list[TrialPoint], ranks) -> dict[str, int]:
+    """Run id -> the best (lowest) rank of its points: a trial is on the front when its own
+    point or one of its threshold points is."""
+    best: dict[str, int] = {}
+    for point, rank in zip(points, ranks):
+        if point.run_id:
+            best[point.run_id] = min(int(rank), best.get(point.run_id, NAN_RANK))
+    return best
+
+
+def tag_ranks(client: MlflowClient, points: list[TrialPoint], ranks,
+              shown: dict[str, int] | None = None) -> dict[str, int]:
+    """``pareto=true|false``, ``pareto_rank`` (0 = the front; the best of the run's points,
+    ``run_ranks``) and the run colour (front trials stand out) on every trial's run. ``shown``:
+    run id -> rank already tagged (left alone); returns it updated."""
+    shown = dict(shown or {})
+    for run_id, rank in run_ranks(points, ranks).items():
+        if shown.get(run_id) == rank:
+            continue
+        client.log_batch(run_id, tags=[
+            RunTag("pareto", str(rank == 0).lower()), RunTag("pareto_rank", "" if rank == NAN_RANK else str(rank)),
+            RunTag(RUN_COLOR, FRONT_COLOR if rank == 0 else OTHER_COLOR)])
+        shown[run_id] = rank
+    return shown
+
+
 def show_front(client: MlflowClient, front: SearchFront, *, experiment_id: str | None = None, when: str = "",
                shown: dict[str, int] | None = None, retry: bool = True) -> dict[str, int]:
     """Put ``front`` where the UI shows it: each trial's ``pareto``, ``pareto_rank`` and run
-    colour (:func:`skipnet.tracking.tag_ranks`), and the parent run's description
-    (:func:`~skipnet.fronts.front_markdown`, ``when`` saying how current it is).
+    colour (``tag_ranks``), and the parent run's description
+    (:func:`~skipnet.fronts.analysis.front_markdown`, ``when`` saying how current it is).
 
     ``shown``: run id -> rank already tagged (those runs are left alone); returns it updated.
     ``retry=False``: fail at once instead of MLflow's minutes of retries (the live front)."""
-    from skipnet.tracking import _no_retries, default_tracking_uri, tag_ranks
-    with contextlib.nullcontext() if retry else _no_retries():
+    with contextlib.nullcontext() if retry else no_retries():
         shown = tag_ranks(client, front.trials, front.rank, shown)
         if experiment_id is None:
             experiment_id = client.get_run(front.parent_run_id).info.experiment_id

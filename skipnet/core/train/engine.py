@@ -17,15 +17,15 @@ from typing import Any
 
 import torch
 
-from skipnet.checkpoint import FORMAT, CheckpointInfo, atomic_save, load_checkpoint, read_checkpoint
-from skipnet.config import TrainConfig, from_dict, to_dict
-from skipnet.data import DataSplits, build_splits, train_batches
+from skipnet.core.checkpoint import FORMAT, CheckpointInfo, atomic_save, load_checkpoint, read_checkpoint
+from skipnet.core.config import TrainConfig, from_dict, to_dict
+from skipnet.core.data import DataSplits, build_splits, train_batches
+from skipnet.core.executor import at_threshold
+from skipnet.core.flops import block_costs
+from skipnet.core.models import GateMode, create_model
+from skipnet.core.train.evaluate import evaluate, threshold_curve
+from skipnet.core.train.steps import StepMetrics, hrl_step, supervised_step
 from skipnet.errors import CheckpointError, ConfigError
-from skipnet.flops import block_costs
-from skipnet.models import GateMode, create_model
-from skipnet.executor import at_threshold
-from skipnet.train.evaluate import evaluate, threshold_curve
-from skipnet.train.steps import StepMetrics, hrl_step, supervised_step
 
 
 def resolve_device(name: str) -> torch.device:
@@ -205,7 +205,7 @@ class Engine:
     # -- evaluation ---------------------------------------------------------------------------
     def evaluate(self, split: str = "val", *, per_sample: bool = False) -> dict[str, Any]:
         """Metrics of ``split`` (``val`` selects models; ``test`` is only reported); leaves the
-        training RNGs as they were (see ``skipnet.train.evaluate``)."""
+        training RNGs as they were (see ``skipnet.core.train.evaluate``)."""
         dataset = {"val": self.splits.val, "test": self.splits.test}[split]
         with at_threshold(self.model, self.cfg.model.gate_threshold):     # evaluation decisions only
             return evaluate(self.model, dataset, self.costs, split=split, per_sample=per_sample,
@@ -213,7 +213,7 @@ class Engine:
 
     def threshold_curve(self, own: dict[str, Any] | None = None) -> dict[str, float]:
         """Validation metrics at each gate threshold of ``eval.gate_thresholds`` (gated models;
-        ``threshold_curve/<t>/val_<metric>``, see ``skipnet.train.evaluate.threshold_curve``);
+        ``threshold_curve/<t>/val_<metric>``, see ``skipnet.core.train.evaluate.threshold_curve``);
         ``own``: this model's validation metrics at its own threshold, reused."""
         with at_threshold(self.model, self.cfg.model.gate_threshold):
             return threshold_curve(self.model, self.splits.val, self.costs, self.cfg.eval.gate_thresholds, own=own,

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from skipnet.models.blocks import Bottleneck
-from skipnet.models.gates import GateKind
-from skipnet.models.skipnet import SkipResNet
+from skipnet.core.models.blocks import Bottleneck
+from skipnet.core.models.gates import GateKind
+from skipnet.core.models.skipnet import SkipResNet
 
 
 def _out(size: int, kernel: int, stride: int, padding: int) -> int:

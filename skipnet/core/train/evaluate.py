@@ -22,10 +22,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from skipnet.data import difficulty, eval_batches
-from skipnet.executor import at_threshold
-from skipnet.flops import BlockCosts, block_count_pct
-from skipnet.train.steps import autocast
+from skipnet.core.data import difficulty, eval_batches
+from skipnet.core.executor import at_threshold
+from skipnet.core.flops import BlockCosts, block_count_pct
+from skipnet.core.train.steps import autocast
 
 
 SYNTHETIC_DIFFICULTY = "synthetic difficulty"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from skipnet.fronts import SearchFront
+from skipnet.fronts.analysis import SearchFront
 
 _COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2"]
 _HOVER_KEYS = ("hrl.alpha", "hrl.lr", "sp.lr", "model.gate", "model.gate_threshold", "model.arch", "seed")

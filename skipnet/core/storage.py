@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from skipnet.files import write_text_atomic
+from skipnet.core.files import write_text_atomic
 
 
 def is_uri(path: str | os.PathLike) -> bool:

@@ -2,12 +2,12 @@
 
 A trial is the point its last report gives (validation top-1 %, higher is better; computation %
 of the plain ResNet's FLOPs, lower is better). ``analyse`` ranks a search's trials with
-:mod:`skipnet.pareto` and measures the front against a reference point: by default 100 %
+:mod:`skipnet.fronts.pareto` and measures the front against a reference point: by default 100 %
 computation and chance accuracy (100 / classes %), so a front that beats guessing at full cost
 scores 0. ``select`` picks the trial an export names and ``export_selector`` the option that
 names exactly one trial; ``front_csv`` and ``front_markdown`` write a front out (the latter for
-the parent run's description, :mod:`skipnet.mlflow_ui`). Pure data: MLflow reading lives in
-:mod:`skipnet.tracking`, plots in :mod:`skipnet.plots`.
+the parent run's description, :mod:`skipnet.tracking.ui`). Pure data: MLflow reading lives in
+:mod:`skipnet.tracking.runs`, plots in :mod:`skipnet.fronts.plots`.
 
 Every trained model is a curve: a trial whose final report holds a threshold curve (metrics
 ``threshold_curve/<t>/val_top1`` ..., ``eval.gate_thresholds``) adds one candidate point per
@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from skipnet import pareto
 from skipnet.errors import SkipNetError
+from skipnet.fronts import pareto
 
 DIRECTIONS = ("maximize", "minimize")       # (accuracy, computation)
 PBT_SCHEDULERS = {"pbt": "PBT", "mopbt": "MO-PBT"}     # schedulers that change a trial's hyperparameters
@@ -138,7 +138,7 @@ class TrialPoint:
         return reproducibility(self.scheduler, self.schedule)
 
 
-CURVE_PREFIX = "threshold_curve/"          # + "<threshold>/val_<metric>" (skipnet.train.evaluate.curve_key)
+CURVE_PREFIX = "threshold_curve/"          # + "<threshold>/val_<metric>" (skipnet.core.train.evaluate.curve_key)
 SWEEP_SEPARATOR = "@"                      # a threshold point's id: <trial id>@<threshold>
 
 

@@ -34,8 +34,8 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from skipnet.core.models.gates import GateKind, parse_gate_kind
 from skipnet.errors import CheckpointError
-from skipnet.models.gates import GateKind, parse_gate_kind
 
 FORMAT = "skipnet-tune/1"
 _ACCEPTED = "expected a complete .pt file written by skipnet or one of the authors' .pth.tar files"
@@ -57,7 +57,7 @@ class CheckpointInfo:
 
     @classmethod
     def of(cls, model: nn.Module, **kw) -> "CheckpointInfo":
-        from skipnet import __version__
+        from skipnet.version import __version__
         spec = getattr(model, "gate_spec", None)
         return cls(arch=getattr(model, "arch", type(model).__name__),
                    gate=None if spec is None else spec.kind.value,
@@ -97,9 +97,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load a checkpoint weights-only; one-line ``CheckpointError`` when it is not one.
 
     ``path`` is a file or a Tune trial's checkpoint directory (its ``engine.pt``), local or a
-    storage URI (``s3://...``, fetched into a temporary directory first: ``skipnet.storage``).
+    storage URI (``s3://...``, fetched into a temporary directory first: ``skipnet.core.storage``).
     """
-    from skipnet import storage
+    from skipnet.core import storage
     if not storage.is_uri(path):
         path = checkpoint_file(path)
         return _read_local(Path(path), str(Path(path)))
@@ -121,8 +121,8 @@ def checkpoint_file(path: str | os.PathLike) -> str:
     """The checkpoint file ``path`` names: a file as it is; a Tune checkpoint directory's
     ``engine.pt``; a trial directory's last checkpoint (the highest ``checkpoint_NNNNNN``).
     A search directory, or a directory holding none of these, is a one-line ``CheckpointError``
-    saying what was expected. Local paths and storage URIs alike (``skipnet.storage``)."""
-    from skipnet import storage
+    saying what was expected. Local paths and storage URIs alike (``skipnet.core.storage``)."""
+    from skipnet.core import storage
     path = str(path)
     if not storage.is_dir(path):
         return path                                # a file, or nothing: the reader says which

@@ -44,7 +44,7 @@ class ModelConfig:
     arch: str = "cifar10_rnn_gate_38"
     gate: str | None = None          # feedforward_conv | feedforward_fc | recurrent (aliases accepted)
     mode: Literal["hard", "soft"] = "hard"   # SP gate mode; HRL always uses policy
-    gate_norm: bool = True           # batch-normalize the recurrent gate's embedding (skipnet.models.gates); authors: false
+    gate_norm: bool = True           # batch-normalize the recurrent gate's embedding (skipnet.core.models.gates); authors: false
     gate_threshold: float = 0.5      # evaluation/inference: a block runs when its gate's prob > this (training ignores it)
 
 
@@ -100,7 +100,7 @@ class HRLConfig:
     gamma: float = 1.0
     temperature: float = 1.0
     skip_compute: bool = False       # run each block only on the samples that execute it
-    baseline: Literal["none", "batch_mean", "greedy"] = "greedy"   # what returns are compared with (skipnet.train.steps.advantages); none = the authors
+    baseline: Literal["none", "batch_mean", "greedy"] = "greedy"   # what returns are compared with (skipnet.core.train.steps.advantages); none = the authors
     entropy_weight: float = 0.001    # reward for the gates' entropy (keeps the policy from saturating early); authors: 0
     gate_lr_scale: float = 10.0      # the gates' learning rate is lr * gate_lr_scale; authors: 1
     init_checkpoint: str | None = None   # SP checkpoint (ours or the authors') for stage hrl
@@ -129,7 +129,7 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True                 # automatic mixed precision on CUDA (ignored on CPU)
     channels_last: bool = True       # on CUDA (ignored on CPU)
-    threads: int | None = None       # CPU threads of torch (None: one per usable CPU, skipnet/threads.py); results match bitwise only at equal counts
+    threads: int | None = None       # CPU threads of torch (None: one per usable CPU, skipnet/core/threads.py); results match bitwise only at equal counts
     output_dir: str = "runs/train"
 
     def validate(self, check_model: bool = True) -> "TrainConfig":
@@ -191,8 +191,8 @@ def _check_model(model: ModelConfig) -> None:
     """The architecture is registered and the gate kind known (before any data or file is touched)."""
     import difflib
 
-    from skipnet.models import list_models
-    from skipnet.models.gates import parse_gate_kind
+    from skipnet.core.models import list_models
+    from skipnet.core.models.gates import parse_gate_kind
     names = list_models(include_aliases=True)
     if model.arch not in names:
         close = difflib.get_close_matches(model.arch, names, n=3, cutoff=0.6)

@@ -1,5 +1,5 @@
 """Training: pure step functions (``steps``) and the ``Engine`` loop that runs them."""
-from skipnet.train.engine import Engine
-from skipnet.train.steps import StepMetrics, gate_returns, hrl_step, reinforce_loss, supervised_step
+from skipnet.core.train.engine import Engine
+from skipnet.core.train.steps import StepMetrics, gate_returns, hrl_step, reinforce_loss, supervised_step
 
 __all__ = ["Engine", "StepMetrics", "gate_returns", "hrl_step", "reinforce_loss", "supervised_step"]

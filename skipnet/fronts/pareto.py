@@ -3,8 +3,8 @@
 SkipNet models trade validation accuracy (higher is better) against computation % (lower is
 better); searches are compared by the front of their trials. Every function takes ``points``,
 an ``(n_points, n_objectives)`` array-like, and ``directions``, one ``"minimize"``/``"maximize"``
-(or ``"min"``/``"max"``) per column, all minimised when None. Numpy in, numpy out: this module
-is part of the core and imports no ray, mlflow or optuna.
+(or ``"min"``/``"max"``) per column, all minimised when None. Numpy in, numpy out: the maths
+of the fronts layer, which imports no ray, mlflow or optuna (nor anything of skipnet's).
 
 Conventions: a point dominates another if it is no worse in every objective and strictly better
 in at least one. Duplicates of a non-dominated point are all on the front. Rows containing NaN

@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from skipnet.core.models.blocks import conv3x3
 from skipnet.errors import ConfigError
-from skipnet.models.blocks import conv3x3
 
 
 class GateMode(str, Enum):

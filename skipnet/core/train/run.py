@@ -14,11 +14,11 @@ from typing import Any, Callable
 
 import yaml
 
-from skipnet import threads
-from skipnet.checkpoint import atomic_save, read_checkpoint
-from skipnet.config import TrainConfig, to_dict
-from skipnet.files import write_text_atomic
-from skipnet.train.engine import Engine
+from skipnet.core import threads
+from skipnet.core.checkpoint import atomic_save, read_checkpoint
+from skipnet.core.config import TrainConfig, to_dict
+from skipnet.core.files import write_text_atomic
+from skipnet.core.train.engine import Engine
 
 
 def fit(cfg: TrainConfig, *, resume: bool = False, on_step: Callable | None = None,
@@ -28,7 +28,7 @@ def fit(cfg: TrainConfig, *, resume: bool = False, on_step: Callable | None = No
 
     ``on_finished_already(last.pt, iteration)`` is called when a resumed run had nothing left to
     train (it is evaluated again, as at its end)."""
-    threads.configure(cfg.threads)           # the config's count, else one per usable CPU (skipnet.threads)
+    threads.configure(cfg.threads)           # the config's count, else one per usable CPU (skipnet.core.threads)
     out = Path(cfg.output_dir)
     last, best = out / "last.pt", out / "best.pt"
     engine = Engine.restore(last, cfg) if resume and last.exists() else Engine(cfg)

@@ -13,7 +13,7 @@ block, which always runs).
 Two ways to execute a gated block, same result: *masked* (compute the block for every sample,
 then ``mask * block + (1 - mask) * shortcut``: needed for SP's straight-through gradient) and
 *selected* (``skip_compute=True``: run the block only on the samples that execute it; see
-``skipnet.executor``).
+``skipnet.core.executor``).
 """
 from __future__ import annotations
 
@@ -23,11 +23,11 @@ from typing import Literal, Sequence
 import torch
 from torch import Tensor, nn
 
-from skipnet.errors import ConfigError
-from skipnet.executor import run_selected
-from skipnet.models.blocks import BasicBlock, Bottleneck, conv3x3, init_weights, projection_shortcut
-from skipnet.models.gates import (GateKind, GateMode, GateRecord, GateSpec, RecurrentGate, decide,
+from skipnet.core.executor import run_selected
+from skipnet.core.models.blocks import BasicBlock, Bottleneck, conv3x3, init_weights, projection_shortcut
+from skipnet.core.models.gates import (GateKind, GateMode, GateRecord, GateSpec, RecurrentGate, decide,
                                   make_gate, parse_gate_kind, parse_gate_mode)
+from skipnet.errors import ConfigError
 
 Stem = Literal["cifar", "imagenet"]
 
@@ -71,7 +71,7 @@ class SkipResNet(nn.Module):
         stem: ``"cifar"`` (3x3 conv, 16 channels) or ``"imagenet"`` (7x7/2 conv + 3x3/2 max-pool).
         widths: residual-branch width per stage.
         gate: the gate kind and sizes, or None for a plain ResNet.
-        mode: ``soft``, ``hard`` (SP) or ``policy`` (HRL); see ``skipnet.models.gates``.
+        mode: ``soft``, ``hard`` (SP) or ``policy`` (HRL); see ``skipnet.core.models.gates``.
         temperature: divides the gate logits (the authors' RL temperature).
     """
 

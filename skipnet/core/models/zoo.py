@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from functools import partial
 
+from skipnet.core.models.blocks import BasicBlock, Bottleneck
+from skipnet.core.models.gates import GateKind, GateMode, GateSpec, parse_gate_kind
+from skipnet.core.models.registry import register_alias, register_model
+from skipnet.core.models.skipnet import SkipResNet
 from skipnet.errors import ConfigError
-from skipnet.models.blocks import BasicBlock, Bottleneck
-from skipnet.models.gates import GateKind, GateMode, GateSpec, parse_gate_kind
-from skipnet.models.registry import register_alias, register_model
-from skipnet.models.skipnet import SkipResNet
 
 CIFAR_DEPTHS = {20: 3, 38: 6, 74: 12, 110: 18, 152: 25}     # depth = 6n + 2
 AUTHORS_CIFAR_DEPTHS = (38, 74, 110, 152)                 # 20 is ours: a laptop-sized quickstart

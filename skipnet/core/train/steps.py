@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from skipnet.models.gates import GateMode
+from skipnet.core.models.gates import GateMode
 
 
 @dataclass

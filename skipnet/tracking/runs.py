@@ -13,6 +13,9 @@ Ray's own bookkeeping in a result (``pid``, ``hostname``, ``timestamp`` ...) is 
 Reading back: ``open_store`` checks the store before anything is created, ``find_searches``
 resolves what a user names (parent run id, search id or experiment name) and ``search_trials``
 returns each trial's last reported point, which ``skipnet pareto`` and ``skipnet export`` use.
+
+What the MLflow UI shows of these runs (saved views, run colours, descriptions, Pareto rank
+tags) is :mod:`skipnet.tracking.ui`, which builds on this module; this one never imports it.
 """
 from __future__ import annotations
 
@@ -30,11 +33,9 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from skipnet.config import flatten
+from skipnet.core.config import flatten
 from skipnet.errors import ConfigError, SkipNetError
-from skipnet.fronts import TrialPoint, final_config, parse_schedule, with_threshold_points
-from skipnet.mlflow_ui import FRONT_COLOR, OTHER_COLOR, RUN_COLOR, prepare_ui
-from skipnet.pareto import NAN_RANK
+from skipnet.fronts.analysis import TrialPoint, final_config, parse_schedule, with_threshold_points
 
 DEFAULT_DB = "mlflow.db"
 TRAIN_CONFIG_ARTIFACT = "train_config.yaml"
@@ -90,8 +91,8 @@ def open_store(uri: str | None, *, field: str = "--tracking-uri") -> MlflowClien
 
 def code_version() -> str:
     """The package version, plus the git commit when run from a checkout (``+dirty`` if edited)."""
-    from skipnet import __version__
-    root = Path(__file__).resolve().parents[1]
+    from skipnet.version import __version__
+    root = Path(__file__).resolve().parents[2]       # skipnet/tracking/runs.py -> the checkout
     try:
         commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,
                                 text=True, timeout=10).stdout.strip()
@@ -110,6 +111,13 @@ def result_tags(result: dict[str, Any]) -> dict[str, str]:
     """The tags a result carries: its string values of ``RESULT_TAGS`` (what the routing
     metrics' ``difficulty_spearman`` was measured against)."""
     return {k: result[k] for k in RESULT_TAGS if isinstance(result.get(k), str)}
+
+
+def completion_tags(last_result: dict[str, Any], max_steps: int) -> dict[str, str]:
+    """``stopped_early`` and ``tune_status`` of a trial that ended normally after ``last_result``
+    (``max_steps``: the steps of a trial that ran to the end)."""
+    stopped = int(last_result.get("training_iteration", 0)) < max_steps and not last_result.get("engine_done")
+    return {"stopped_early": str(stopped).lower(), "tune_status": "stopped" if stopped else "completed"}
 
 
 #: What Ray Tune adds to every result about the process and its clocks, not about the model:
@@ -141,7 +149,8 @@ class SearchTracker:
     # -- parent -------------------------------------------------------------------------------
     def start_search(self, search_id: str, spec: dict[str, Any], space: dict[str, Any],
                      parent_run_id: str | None = None) -> str:
-        """Create the parent run (or reopen ``parent_run_id`` on resume); returns its id."""
+        """Create the parent run (or reopen ``parent_run_id`` on resume); returns its id. What the
+        UI shows of a new search is set by :func:`skipnet.tracking.ui.prepare_ui`."""
         if parent_run_id:
             self.parent_run_id = parent_run_id
             self.client.update_run(parent_run_id, status="RUNNING")
@@ -155,7 +164,6 @@ class SearchTracker:
             self.client.log_batch(self.parent_run_id, params=params[i:i + 100])
         self.client.log_dict(self.parent_run_id, spec, "experiment.yaml")
         self.client.log_dict(self.parent_run_id, space, "search_space.yaml")
-        prepare_ui(self.client, self.experiment_id, search_id, self.parent_run_id)
         return self.parent_run_id
 
     def end_search(self, status: str = "FINISHED", end_time: int | None = None) -> None:
@@ -306,10 +314,10 @@ def find_searches(client: MlflowClient, spec: str) -> list:
 
 def search_trials(client: MlflowClient, parent) -> list[TrialPoint]:
     """Each trial of a search at its last reported step (what its checkpoint holds), followed by
-    its threshold-sweep points (``fronts.with_threshold_points``: ``<trial id>@<t>``); the runs
+    its threshold-sweep points (``analysis.with_threshold_points``: ``<trial id>@<t>``); the runs
     of a shared SP phase (tag ``role=sp``) are not trials. A trial's config is its params with
     the hyperparameters its schedule (tag ``hyperparameter_schedule``) ended with
-    (``fronts.final_config``): a running PBT trial has no params for them yet, and runs logged
+    (``analysis.final_config``): a running PBT trial has no params for them yet, and runs logged
     before they were logged at the end hold the starting values."""
     runs = client.search_runs([parent.info.experiment_id], max_results=10000,
                               filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
@@ -334,35 +342,9 @@ def search_trials(client: MlflowClient, parent) -> list[TrialPoint]:
     return sorted(points, key=lambda p: p.trial_id)
 
 
-def run_ranks(points: list[TrialPoint], ranks) -> dict[str, int]:
-    """Run id -> the best (lowest) rank of its points: a trial is on the front when its own
-    point or one of its threshold points is."""
-    best: dict[str, int] = {}
-    for point, rank in zip(points, ranks):
-        if point.run_id:
-            best[point.run_id] = min(int(rank), best.get(point.run_id, NAN_RANK))
-    return best
-
-
-def tag_ranks(client: MlflowClient, points: list[TrialPoint], ranks,
-              shown: dict[str, int] | None = None) -> dict[str, int]:
-    """``pareto=true|false``, ``pareto_rank`` (0 = the front; the best of the run's points,
-    ``run_ranks``) and the run colour (front trials stand out in the UI, :mod:`skipnet.mlflow_ui`)
-    on every trial's run. ``shown``: run id -> rank already tagged (left alone); returns it updated."""
-    shown = dict(shown or {})
-    for run_id, rank in run_ranks(points, ranks).items():
-        if shown.get(run_id) == rank:
-            continue
-        client.log_batch(run_id, tags=[
-            RunTag("pareto", str(rank == 0).lower()), RunTag("pareto_rank", "" if rank == NAN_RANK else str(rank)),
-            RunTag(RUN_COLOR, FRONT_COLOR if rank == 0 else OTHER_COLOR)])
-        shown[run_id] = rank
-    return shown
-
-
 def log_front(client: MlflowClient, front, files: list[Path]) -> None:
     """Log the search's own front (``pareto/front.png``, ``front.html``, ``front.csv``) and the
-    front's size and hypervolume to its parent run (the trials' ranks: ``mlflow_ui.show_front``), at
+    front's size and hypervolume to its parent run (the trials' ranks: ``ui.show_front``), at
     step 0: the live front of the running search (``log_live_front``) logs at steps > 0
     (training iterations), so MLflow's latest value of ``pareto_hypervolume_pct`` stays the last
     live one, which equals this one at the default reference point. Several searches compared
@@ -394,13 +376,12 @@ def overlay_path(search_ids: list[str]) -> str:
 
 
 def log_overlay(client: MlflowClient, fronts: list, files: list[Path]) -> str:
-    """Tag each search's trials with their rank in their own search (what ``log_front`` tags)
-    and log ``files`` (the overlay plots and every front's CSV) under ``overlay_path`` of each
-    parent run. Each parent's own front (``pareto/front.*``) and metrics are left as they are:
-    they describe that search alone. Returns the artifact path."""
+    """Log ``files`` (the overlay plots and every front's CSV) under ``overlay_path`` of each
+    search's parent run; returns the artifact path. Each parent's own front (``pareto/front.*``)
+    and metrics are left as they are: they describe that search alone (each search's trials are
+    tagged with their rank in their own search by ``ui.tag_ranks``)."""
     where = overlay_path([f.search_id for f in fronts])
     for front in fronts:
-        tag_ranks(client, front.trials, front.rank)
         for path in files:
             client.log_artifact(front.parent_run_id, str(path), artifact_path=where)
     return where
@@ -414,7 +395,7 @@ def log_live_front(client: MlflowClient, front, files: list[Path], step: int) ->
     Fails at once rather than retrying: the MLflow client's back-off adds up to minutes against a
     server that stopped meanwhile, which would stall the search's driver, and the next update
     redraws the front anyway."""
-    with _no_retries():
+    with no_retries():
         for path in files:
             client.log_artifact(front.parent_run_id, str(path), artifact_path="pareto")
         now = int(time.time() * 1000)
@@ -424,7 +405,7 @@ def log_live_front(client: MlflowClient, front, files: list[Path], step: int) ->
 
 
 @contextlib.contextmanager
-def _no_retries():
+def no_retries():
     """MLflow HTTP requests inside the block are not retried (the client reads this per request)."""
     key = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
     saved = os.environ.get(key)

@@ -58,10 +58,10 @@ def registered_gate_kind(name: str):
     """The gate kind (``GateKind``) ``create_model(name)`` builds without a ``gate`` override;
     None for a plain ResNet.
 
-    Read from the defaults ``skipnet.models.zoo`` records on its builders, so nothing is built;
+    Read from the defaults ``skipnet.core.models.zoo`` records on its builders, so nothing is built;
     a model registered otherwise is built once on the meta device (no weights allocated).
     """
-    from skipnet.models.gates import parse_gate_kind
+    from skipnet.core.models.gates import parse_gate_kind
     fn = _MODELS[resolve_name(name)]
     defaults = getattr(fn, "defaults", None)
     if isinstance(defaults, dict):

@@ -3,11 +3,12 @@
 ``submit`` uploads the working directory (minus virtual environments, runs and local stores)
 as the job's ``runtime_env`` and runs ``python -m skipnet search EXPERIMENT --address auto`` on
 the cluster, with the variables named by ``--env`` copied from the caller's environment (S3
-credentials, say). It first asks the cluster whether it wants a token (``skipnet.ray_auth``),
-so it works against a token cluster and a plain ``ray start`` alike. ``status``, ``logs`` and
-``stop`` send the token (if any) to the same REST endpoints themselves, without importing ray.
-``stop`` sends the driver SIGTERM: it ends its MLflow runs ``KILLED`` and Tune saves the
-search's state, within the ``STOP_WAIT_S`` the job is given before Ray's SIGKILL.
+credentials, say). It first asks the cluster whether it wants a token (``skipnet.cluster.auth``),
+so it works against a token cluster and a plain ``ray start`` alike. It knows no experiments:
+``skipnet submit`` validates one first (``skipnet.tune.runner.check_search``). ``status``,
+``logs`` and ``stop`` send the token (if any) to the same REST endpoints themselves, without
+importing ray. ``stop`` sends the driver SIGTERM: it ends its MLflow runs ``KILLED`` and Tune
+saves the search's state, within the ``STOP_WAIT_S`` the job is given before Ray's SIGKILL.
 """
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ import shlex
 import time
 from pathlib import Path
 
+from skipnet.cluster.auth import NO_TOKEN, match_dashboard, token
 from skipnet.errors import ConfigError, SkipNetError
-from skipnet.ray_auth import NO_TOKEN, match_dashboard, token
 
 AGENT_WAIT_S = 120.0   # how long submit waits for the job agent of a head that is still starting
 STOP_WAIT_S = 30       # SIGTERM to SIGKILL on skipnet stop (Ray's default, 3 s, is too short to save state)
@@ -57,17 +58,12 @@ def job_env(names: list[str] | None) -> dict[str, str]:
 
 def submit(experiment: str, address: str, *, working_dir: str = ".", overrides: list[str] | None = None,
            env: list[str] | None = None) -> str:
-    """Submit ``skipnet search`` of ``experiment`` (a path inside ``working_dir``); the job id.
-    ``env`` names variables passed from this environment into the job (values never printed)."""
+    """Submit ``skipnet search`` of ``experiment`` (a path inside ``working_dir``, with
+    ``overrides``, validated by the caller); the job id. ``env`` names variables passed from this
+    environment into the job (values never printed)."""
     _check_dashboard(address)
     env_vars = job_env(env)
-    match_dashboard(address)                           # before ray is imported (validation below imports it)
-    from skipnet.config import parse_overrides
-    from skipnet.tune.experiment import load_experiment
-    from skipnet.tune.runner import build_scheduler, load_space
-    exp = load_experiment(experiment, parse_overrides(overrides))   # refuse bad input before touching the cluster
-    load_space(exp)
-    build_scheduler(exp)
+    match_dashboard(address)                           # token mode or not, before the Jobs SDK talks
     rel = os.path.relpath(Path(experiment).resolve(), Path(working_dir).resolve())
     if rel.startswith(".."):
         raise ConfigError("EXPERIMENT", experiment, f"a file inside the uploaded working directory {working_dir}")
