@@ -8,6 +8,8 @@ the same dotted keys. ``from_dict`` is generic over dataclasses, so the search l
 """
 from __future__ import annotations
 
+import copy
+
 import dataclasses
 import re
 import types
@@ -374,7 +376,7 @@ def apply_recipe(data: dict) -> dict:
 def load_train_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
                       base: dict | None = None, check_model: bool = True) -> TrainConfig:
     """``TrainConfig`` from a YAML file (or ``base`` dict) plus dotted overrides, validated."""
-    data = read_yaml(path) if path is not None else dict(base or {})
+    data = read_yaml(path) if path is not None else copy.deepcopy(base or {})     # never the caller's sections
     data.pop("export", None)          # what skipnet export records about a trial; not a setting
     for key, value in (overrides or {}).items():
         set_dotted(data, key, value)

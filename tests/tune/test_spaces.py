@@ -335,3 +335,14 @@ def test_config_errors_survive_pickling():
     err = ConfigError("data.root", "/no/cifar", "an existing directory", source="x.yaml")
     back = pickle.loads(pickle.dumps(err))
     assert type(back) is ConfigError and str(back) == str(err) and back.path == "data.root"
+
+
+def test_a_trial_config_leaves_the_experiments_train_sections_alone():
+    """Each trial's whole config is built from the experiment's ``train`` plus the trial's values:
+    the experiment's nested sections must not take the last trial's values (a search's driver
+    builds one per result; a model.gate once leaked into the next search run in the process)."""
+    from skipnet.core.config import load_train_config
+    base = {"model": {"arch": "cifar10_rnn_gate_38"}, "hrl": {"alpha": 1.0}}
+    config = load_train_config(None, {"model.gate": "feedforward_conv", "hrl.alpha": 5.0}, base=base)
+    assert (config.model.gate, config.hrl.alpha) == ("feedforward_conv", 5.0)
+    assert base == {"model": {"arch": "cifar10_rnn_gate_38"}, "hrl": {"alpha": 1.0}}
