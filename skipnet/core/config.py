@@ -34,9 +34,13 @@ Recipe = Literal["stable", "authors"]
 # HRL compares each image's return with its greedy path's (else an image's difficulty, not its
 # actions, drives the policy and input dependence is erased), trains the gates at 10x the
 # blocks' learning rate and rewards their entropy a little (else they saturate on a static
-# subnetwork before they learn whom to route).
+# subnetwork before they learn whom to route), gives the gates the prediction loss's
+# straight-through gradient beside REINFORCE (a per-image signal of what each block is worth;
+# REINFORCE alone finds the per-gate bias long before any input dependence) and adds a
+# cross-entropy on random paths (else the blocks co-adapt to the policy's few paths, so that
+# hard images gain nothing from more blocks and easy ones lose from fewer).
 AUTHORS_RECIPE = {"model.gate_norm": False, "sp.gate_warmup": 0, "hrl.baseline": "none", "hrl.entropy_weight": 0.0,
-                  "hrl.gate_lr_scale": 1.0}
+                  "hrl.gate_lr_scale": 1.0, "hrl.straight_through": False, "hrl.random_path_weight": 0.0}
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,12 @@ class HRLConfig:
     baseline: Literal["none", "batch_mean", "greedy"] = "greedy"   # what returns are compared with (skipnet.core.train.steps.advantages); none = the authors
     entropy_weight: float = 0.001    # reward for the gates' entropy (keeps the policy from saturating early); authors: 0
     gate_lr_scale: float = 10.0      # the gates' learning rate is lr * gate_lr_scale; authors: 1
+    # the gates also get the prediction loss's straight-through gradient (per image: how much
+    # running each block lowered its loss); the policy forward then runs every block; authors: false
+    straight_through: bool = True
+    # weight of a cross-entropy on random paths (each image keeps each gated block with its own
+    # probability, uniform in [0, 1]): every sub-path stays useful; authors: 0
+    random_path_weight: float = 1.0
     init_checkpoint: str | None = None   # SP checkpoint (ours or the authors') for stage hrl
 
 
@@ -162,6 +172,8 @@ class TrainConfig:
         _positive("hrl.temperature", self.hrl.temperature)
         if self.hrl.entropy_weight < 0:
             raise ConfigError("hrl.entropy_weight", self.hrl.entropy_weight, "a number >= 0")
+        if self.hrl.random_path_weight < 0:
+            raise ConfigError("hrl.random_path_weight", self.hrl.random_path_weight, "a number >= 0")
         _positive("eval.batch_size", self.eval.batch_size)
         _threshold("model.gate_threshold", self.model.gate_threshold)
         for i, t in enumerate(self.eval.gate_thresholds):

@@ -36,6 +36,17 @@ def test_policy_mode_samples_bernoulli_and_exposes_log_prob():
     assert eval_decision.tolist() == [1.0, 1.0, 1.0]
 
 
+def test_straight_through_policy_mask_is_the_sample_with_the_gradient_of_the_probability():
+    torch.manual_seed(2)
+    logit = torch.linspace(-2, 2, 9, requires_grad=True)
+    mask, decision, prob, log_prob = decide(logit, GateMode.POLICY, training=True, straight_through=True)
+    assert torch.equal(mask.detach(), decision) and log_prob is not None     # forward: the sampled action
+    (mask * torch.arange(9.0)).sum().backward()
+    assert torch.allclose(logit.grad, torch.arange(9.0) * prob.detach() * (1 - prob.detach()))
+    mask, _, _, _ = decide(logit, GateMode.POLICY, training=False, straight_through=True)
+    assert not mask.requires_grad                                              # eval: the threshold alone
+
+
 def test_temperature_and_forced_decisions():
     logit = torch.tensor([2.0, -2.0])
     _, _, prob, _ = decide(logit, GateMode.HARD, training=False, temperature=2.0)

@@ -4,7 +4,7 @@ import torch
 
 from skipnet.core.config import load_train_config
 from skipnet.core.train import Engine, gate_returns, reinforce_loss
-from skipnet.core.train.steps import advantages, bernoulli_entropy, greedy_returns
+from skipnet.core.train.steps import advantages, bernoulli_entropy, greedy_returns, random_path_loss
 from skipnet.errors import ConfigError
 
 pytestmark = pytest.mark.slow      # trains engines (SP, HRL, resume equivalence)
@@ -149,9 +149,11 @@ def test_default_recipe_warms_up_and_authors_recipe_restores_their_settings():
     default = load_train_config(None, {"sp.iterations": 400})
     assert default.recipe == "stable" and default.sp.warmup_iterations == 133 and default.hrl.baseline == "greedy"
     assert default.model.gate_norm and default.hrl.gate_lr_scale == 10.0 and default.hrl.entropy_weight > 0
+    assert default.hrl.straight_through and default.hrl.random_path_weight == 1.0
     authors = load_train_config(None, {"recipe": "authors", "sp.iterations": 400})
     assert authors.sp.warmup_iterations == 0 and authors.hrl.baseline == "none"
     assert not authors.model.gate_norm and authors.hrl.gate_lr_scale == 1.0 and authors.hrl.entropy_weight == 0.0
+    assert not authors.hrl.straight_through and authors.hrl.random_path_weight == 0.0
     assert not any(".2." in k for k in Engine(load_train_config(None, {**SMALL, "recipe": "authors"})).model.state_dict())
     mixed = load_train_config(None, {"recipe": "authors", "sp.gate_warmup": 50})     # a stated key wins
     assert mixed.sp.warmup_iterations == 50 and mixed.hrl.baseline == "none"
@@ -204,3 +206,26 @@ def test_entropy_weight_pulls_gate_probabilities_towards_one_half():
     prob = torch.tensor([0.9, 0.5, 0.1], requires_grad=True)
     bernoulli_entropy(prob).sum().backward()
     assert prob.grad[0] < 0 and abs(prob.grad[1]) < 1e-6 and prob.grad[2] > 0
+
+
+@pytest.mark.parametrize("skip_compute", [False, True])
+def test_random_path_loss_trains_the_blocks_on_paths_of_every_length_and_never_the_gates(skip_compute):
+    engine = Engine(small_cfg(**{"stage": "hrl", "hrl.init_checkpoint": None}), load_init=False)
+    model = engine.model.train()
+    images, labels = engine._next_batch()
+    seen = []
+    forward = model.forward
+    model.forward = lambda x, **kw: (seen.append(kw["decisions"]), forward(x, **kw))[1]
+    torch.manual_seed(0)
+    random_path_loss(model, images, labels, skip_compute).backward()
+    keep = seen[0].mean(1)                              # per image: the share of gated blocks kept
+    assert seen[0].shape == (16, model.num_gates) and keep.min() < 0.3 and keep.max() > 0.7
+    gates = [n for n, p in model.named_parameters() if "gate" in n or n.startswith("control")]
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    assert gates and all(grads[n] is None or not grads[n].any() for n in gates)
+    assert grads["conv1.weight"].abs().sum() > 0 and grads["fc.weight"].abs().sum() > 0
+
+
+def test_random_path_weight_must_not_be_negative():
+    with pytest.raises(ConfigError, match="hrl.random_path_weight"):
+        small_cfg(**{"hrl.random_path_weight": -1})

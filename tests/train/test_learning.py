@@ -3,9 +3,10 @@ for both gate types (a SkipNet-20 at the quickstart's settings):
 
 * SP is within 3 points of the plain ResNet trained the same way, executing most blocks;
 * at a mid alpha HRL routes: computation between 30 % and 70 %, and harder images (the data
-  set's known difficulty) execute more blocks (Spearman >= 0.1; measured 0.15-0.33 over runs
-  and thread counts: issue 22's target of 0.3, on executed FLOPs, is not yet reached reliably;
-  the recurrent gate's FLOPs Spearman was -0.12 in one run), and computation falls as alpha rises;
+  set's known difficulty) execute more: the Spearman correlation of per-image executed FLOPs
+  with difficulty is at least 0.3 (measured 0.40 feedforward, 0.46 recurrent; before the
+  straight-through gradient and the random-path loss it was -0.09 to 0.41 over seeds), and
+  computation falls as alpha rises;
 * every trained model is a curve: sweeping the execute threshold passes through at least 3
   distinct computation levels between 20 % and 90 % (a constant or saturated policy does not).
 """
@@ -22,7 +23,7 @@ BASE = {"data.synthetic_size": 4000, "data.synthetic_test_size": 500, "data.val_
 GATES = ("feedforward_conv", "recurrent")
 MID_ALPHA = 2.5
 LOW_ALPHA = 1.0
-MIN_SPEARMAN = 0.1       # a constant or statically pruned policy gives 0
+MIN_SPEARMAN = 0.3       # a constant or statically pruned policy gives 0
 
 
 def arch(gate: str) -> str:
@@ -79,10 +80,11 @@ def test_sp_is_as_accurate_as_the_plain_resnet_and_executes_most_blocks(sp_runs,
 def test_a_mid_alpha_routes_harder_images_through_more_blocks(hrl_runs, gate):
     run = hrl_runs[gate, MID_ALPHA]
     rho = spearmanr(run["difficulty"].numpy(), run["executed_blocks"].numpy()).correlation
-    print(f"{gate} alpha {MID_ALPHA}: val {run['val_top1']:.2f} % at {run['val_computation_pct']:.1f} %, rho {rho:.3f}, "
+    print(f"{gate} alpha {MID_ALPHA}: val {run['val_top1']:.2f} % at {run['val_computation_pct']:.1f} %, "
+          f"executed-FLOPs rho {run['val_difficulty_spearman']:.3f} (blocks {rho:.3f}), "
           f"{run['val_distinct_paths']} paths, skip ratios {run['val_skip_ratio']}")
     assert 30.0 <= run["val_computation_pct"] <= 70.0
-    print(f"  executed-FLOPs Spearman {run['val_difficulty_spearman']:.3f}")   # issue 22's measure; not yet >= 0.1 for both
+    assert run["val_difficulty_spearman"] >= MIN_SPEARMAN
     assert rho >= MIN_SPEARMAN
     assert run["val_distinct_paths"] >= 5                 # not a statically pruned network
     assert run["val_top1"] >= 90.0

@@ -6,8 +6,9 @@ logits into the mask the network applies, according to the gate mode:
 * ``soft``   (SP, soft variant): the mask is the probability in training, ``prob > t`` in eval;
 * ``hard``   (SP): the mask is ``prob > 0.5`` in the forward pass with the gradient of ``prob``
   (straight-through estimator);
-* ``policy`` (HRL): the mask is a Bernoulli(prob) sample in training (no gradient; REINFORCE
-  uses the exposed log-probability), ``prob > t`` in eval.
+* ``policy`` (HRL): the mask is a Bernoulli(prob) sample in training (REINFORCE uses the
+  exposed log-probability; with ``straight_through`` the mask also carries the gradient of
+  ``prob``, as in ``hard``), ``prob > t`` in eval.
 
 In eval ``t`` is the model's ``gate_threshold`` (``model.gate_threshold``, default 0.5): one
 trained model gives a whole accuracy/computation curve, lower thresholds executing more.
@@ -208,13 +209,15 @@ def make_gate(spec: GateSpec, channels: int) -> nn.Module:
 
 
 def decide(logit: Tensor, mode: GateMode, training: bool, temperature: float = 1.0,
-           forced: Tensor | None = None, threshold: float = 0.5) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+           forced: Tensor | None = None, threshold: float = 0.5, straight_through: bool = False
+           ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """Mask, decision, probability and (policy mode) log-probability from execute logits (B,).
 
     ``forced`` (B,) of 0/1 replaces the gate's decision (SP's gate warm-up, benchmarks, tests); the
     gate is still evaluated so its cost and probability are real (it gets no gradient). ``threshold``: a block executes in eval when
     ``prob > threshold`` (``model.gate_threshold``; lower executes more). Training decisions
-    ignore it: SP's hard forward stays ``prob > 0.5`` and HRL samples.
+    ignore it: SP's hard forward stays ``prob > 0.5`` and HRL samples. ``straight_through``: a
+    sampled policy mask also carries the gradient of ``prob`` (``hrl.straight_through``).
     """
     logit = logit / temperature if temperature != 1.0 else logit
     prob = torch.sigmoid(logit)
@@ -225,7 +228,7 @@ def decide(logit: Tensor, mode: GateMode, training: bool, temperature: float = 1
         mask = decision
     elif mode is GateMode.POLICY:
         decision = torch.bernoulli(prob.detach()) if training else hard
-        mask = decision
+        mask = decision + (prob - prob.detach()) if (training and straight_through) else decision
         # log Bernoulli(prob)(decision), stable in the logit
         log_prob = torch.where(decision > 0, F.logsigmoid(logit), F.logsigmoid(-logit))
     elif mode is GateMode.SOFT and training:

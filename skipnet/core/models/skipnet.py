@@ -135,8 +135,8 @@ class SkipResNet(nn.Module):
         return getattr(self, f"group{info.group}_gate{info.index}")
 
     # -- forward --------------------------------------------------------------------------
-    def forward(self, x: Tensor, *, skip_compute: bool = False,
-                decisions: Tensor | None = None) -> tuple[Tensor, GateRecord]:
+    def forward(self, x: Tensor, *, skip_compute: bool = False, decisions: Tensor | None = None,
+                straight_through: bool = False) -> tuple[Tensor, GateRecord]:
         """Logits (B, num_classes) and the per-sample ``GateRecord``.
 
         Args:
@@ -145,6 +145,8 @@ class SkipResNet(nn.Module):
                 eval; in training only with ``policy`` mode, whose actions carry no gradient, or
                 without gradients).
             decisions: optional (B, G) 0/1 tensor that overrides the gates' decisions.
+            straight_through: in ``policy`` training, the sampled mask also passes the gradient
+                of the gate's probability (needs every block: not with ``skip_compute``).
         """
         if (skip_compute and self.training and self.mode is not GateMode.POLICY and decisions is None
                 and torch.is_grad_enabled()):
@@ -173,7 +175,8 @@ class SkipResNet(nn.Module):
                     gate_out, state = self.control(gate_out, state)
                 forced = None if decisions is None else decisions[:, j]
                 mask, decision, prob, log_prob = decide(gate_out, self.mode, self.training,
-                                                        self.temperature, forced, self.gate_threshold)
+                                                        self.temperature, forced, self.gate_threshold,
+                                                        straight_through)
                 decisions_out.append(decision)
                 probs.append(prob)
                 if log_prob is not None:

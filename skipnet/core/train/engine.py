@@ -158,7 +158,8 @@ class Engine:
             h = self.cfg.hrl
             metrics = hrl_step(self.model, images, labels, self.optimizer, alpha=h.alpha, rl_weight=h.rl_weight,
                                gamma=h.gamma, skip_compute=h.skip_compute, baseline=h.baseline,
-                               entropy_weight=h.entropy_weight, amp=amp,
+                               entropy_weight=h.entropy_weight, straight_through=h.straight_through,
+                               random_path_weight=h.random_path_weight, amp=amp,
                                scaler=self.scaler)
         else:
             metrics = supervised_step(self.model, images, labels, self.optimizer, amp=amp, scaler=self.scaler,

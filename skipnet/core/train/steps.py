@@ -7,7 +7,9 @@
   prediction loss; returns accumulate backwards with discount ``gamma``. As in the authors'
   ``action.reinforce(rl_weight * R)``, the policy term is summed over samples and gates. The
   default recipe compares each return with the same image's greedy-path return (``greedy``
-  baseline) and adds a small entropy bonus; the authors use the raw returns.
+  baseline), adds a small entropy bonus, lets the prediction loss reach the gates through the
+  sampled mask (straight-through: per image, what each block was worth) and adds a
+  cross-entropy on random paths (``random_path_loss``); the authors use the raw returns alone.
 """
 from __future__ import annotations
 
@@ -81,23 +83,45 @@ def supervised_step(model: nn.Module, images: Tensor, labels: Tensor, optimizer:
 
 def hrl_step(model: nn.Module, images: Tensor, labels: Tensor, optimizer: torch.optim.Optimizer, *,
              alpha: float, rl_weight: float, gamma: float, skip_compute: bool = False, baseline: str = "none",
-             entropy_weight: float = 0.0, amp: bool = False,
-             scaler: torch.amp.GradScaler | None = None) -> StepMetrics:
+             entropy_weight: float = 0.0, straight_through: bool = False, random_path_weight: float = 0.0,
+             amp: bool = False, scaler: torch.amp.GradScaler | None = None) -> StepMetrics:
     """``baseline`` is what each return is compared with (see ``advantages``). ``entropy_weight``
     rewards the gates' entropy (summed over samples and gates, like the policy term), so the
-    policy does not saturate on a static subnetwork before it has learned whom to route."""
+    policy does not saturate on a static subnetwork before it has learned whom to route.
+    ``straight_through``: the gates also get the prediction loss's gradient through the sampled
+    mask, so the policy forward runs every block (``skip_compute`` then applies to the other
+    forwards). ``random_path_weight``: weight of ``random_path_loss``."""
     with autocast(images.device, amp):
         reference = greedy_returns(model, images, labels, alpha, gamma) if baseline == "greedy" else None
-        logits, record = model(images, skip_compute=skip_compute)
+        logits, record = model(images, skip_compute=skip_compute and not straight_through,
+                               straight_through=straight_through)
         prediction_loss = F.cross_entropy(logits.float(), labels, reduction="none")     # (B,)
         returns = gate_returns(record.decision, prediction_loss.detach(), alpha, gamma)
         policy_loss = reinforce_loss(record.log_prob.float(), advantages(returns, baseline, reference), rl_weight)
         if entropy_weight:
             policy_loss = policy_loss - entropy_weight * bernoulli_entropy(record.prob.float()).sum()
         loss = prediction_loss.mean() + policy_loss
+        if random_path_weight:
+            loss = loss + random_path_weight * random_path_loss(model, images, labels, skip_compute)
     _update(loss, optimizer, scaler)
     return StepMetrics(loss.item(), prediction_loss.mean().item(), _accuracy(logits, labels),
                        _executed(record.decision), returns[:, 0].mean().item())
+
+
+def random_path_loss(model: nn.Module, images: Tensor, labels: Tensor, skip_compute: bool = False) -> Tensor:
+    """Mean cross-entropy of ``images`` on random paths: each image draws a keep rate uniform in
+    [0, 1] and keeps each gated block with it (the gates choose nothing and learn nothing here).
+
+    Why: trained only on the policy's paths, the blocks co-adapt to the few paths it takes, so
+    that hard images gain nothing from more blocks and easy ones lose from fewer (measured:
+    every block forced on fell to about 35 % top-1), and the policy has nothing to route by.
+    Drawing the rate per image trains short paths as well as long ones, unlike one fixed
+    stochastic-depth rate."""
+    num_gates = model.num_gates
+    keep = torch.rand(images.shape[0], 1, device=images.device)
+    decisions = torch.bernoulli(keep.expand(-1, num_gates))
+    logits, _ = model(images, skip_compute=skip_compute, decisions=decisions)
+    return F.cross_entropy(logits.float(), labels)
 
 
 def advantages(returns: Tensor, baseline: str, reference: Tensor | None = None) -> Tensor:
