@@ -203,15 +203,20 @@ def test_pbt_population_of_four_exploits_within_each_gate_family(tmp_path, mlflo
         assert doc["hrl"]["alpha"] == results[trial_id][-1]["alpha"]
 
 
+# alphas that trade accuracy for computation within this test's 16 HRL iterations (SP reaches
+# ~55 %): with the straight-through gates and random paths of the stable recipe, alpha <= 3 still
+# executes every block this early (measured), so the range starts where computation moves
+MOPBT_ALPHA = (3.0, 30.0)
+
+
 @pytest.fixture(scope="module")
 def mopbt(tmp_path_factory, mlflow_server, local_ray):
     """An MO-PBT search of six members that exploit each other (the tests below share it)."""
     tmp_path = tmp_path_factory.mktemp("mopbt")
     mutations = tmp_path / "mutations.yaml"
     mutations.write_text("hrl.lr: {type: loguniform, low: 5.0e-3, high: 2.0e-2}\n"
-                         "hrl.alpha: {type: loguniform, low: 0.3, high: 3.0}\n")
-    # alpha from 3 up skips every block within this test's 16 HRL iterations (SP reaches ~45 %)
-    space = {"hrl.alpha": {"type": "loguniform", "low": 0.3, "high": 3.0},
+                         f"hrl.alpha: {{type: loguniform, low: {MOPBT_ALPHA[0]}, high: {MOPBT_ALPHA[1]}}}\n")
+    space = {"hrl.alpha": {"type": "loguniform", "low": MOPBT_ALPHA[0], "high": MOPBT_ALPHA[1]},
              "hrl.lr": {"type": "loguniform", "low": 5e-3, "high": 2e-2}}
     # an SP good enough that alpha trades accuracy for computation, shared by the population
     train = dict(TINY_TRAIN, model={"arch": "cifar10_skipnet_20_recurrent"},
@@ -229,7 +234,7 @@ def test_mopbt_exploits_by_pareto_rank_and_keeps_a_spread_front(mopbt, mlflow_se
     summary = mopbt
     results = trial_results(summary)
     assert len(results) == 6
-    check_exploits(summary, results, (0.3, 3.0), (5e-3, 2e-2))
+    check_exploits(summary, results, MOPBT_ALPHA, (5e-3, 2e-2))
     reported = {tid: {(r["val_top1"], r["val_computation_pct"]) for r in rows} for tid, rows in results.items()}
     for d in decisions(summary):                  # replay: the rule gives the recorded quantiles
         ids = list(d["points"])
