@@ -82,3 +82,15 @@ def test_recurrent_gate_state_is_passed_not_stored():
     # one step equals nn.LSTM on the same weights (the authors' computation)
     out, _ = control.rnn(emb(x).unsqueeze(0))
     assert torch.allclose(control.proj(out[0]).squeeze(1), logit1, atol=1e-6)
+
+
+def test_skip_compute_is_refused_where_the_mask_carries_a_gradient():
+    from skipnet import create_model
+    from skipnet.errors import ConfigError
+    model = create_model("cifar10_skipnet_20_recurrent").train()
+    model.mode = GateMode.POLICY
+    images = torch.randn(4, 3, 32, 32)
+    model(images, skip_compute=True)                                  # sampled actions: no gradient through the mask
+    with pytest.raises(ConfigError, match="straight_through"):
+        model(images, skip_compute=True, straight_through=True)
+    model(images, skip_compute=True, straight_through=True, decisions=torch.ones(4, model.num_gates))  # forced

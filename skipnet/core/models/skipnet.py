@@ -142,16 +142,16 @@ class SkipResNet(nn.Module):
         Args:
             x: images (B, 3, H, W).
             skip_compute: run each gated block only on the samples that execute it (exact in
-                eval; in training only with ``policy`` mode, whose actions carry no gradient, or
-                without gradients).
+                eval; in training only where the mask carries no gradient: ``policy`` mode
+                without ``straight_through``, forced ``decisions``, or no gradients at all).
             decisions: optional (B, G) 0/1 tensor that overrides the gates' decisions.
             straight_through: in ``policy`` training, the sampled mask also passes the gradient
-                of the gate's probability (needs every block: not with ``skip_compute``).
+                of the gate's probability.
         """
-        if (skip_compute and self.training and self.mode is not GateMode.POLICY and decisions is None
-                and torch.is_grad_enabled()):
-            raise ConfigError("train.skip_compute", True,
-                              "false unless the gate mode is policy (SP gradients need every block)")
+        mask_has_gradient = self.mode is not GateMode.POLICY or straight_through
+        if skip_compute and self.training and mask_has_gradient and decisions is None and torch.is_grad_enabled():
+            raise ConfigError("train.skip_compute", True, "false unless the gate mode is policy without "
+                              "straight_through (a gradient through the mask needs every block)")
         x = self.relu(self.bn1(self.conv1(x)))
         if self.stem_type == "imagenet":
             x = self.maxpool(x)
