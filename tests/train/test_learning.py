@@ -72,7 +72,10 @@ def test_sp_is_as_accurate_as_the_plain_resnet_and_executes_most_blocks(sp_runs,
     print(f"SP {gate}: val {metrics['val_top1']:.2f} % at {metrics['val_block_count_pct']:.1f} % of blocks; "
           f"plain ResNet-20: {plain_resnet['val_top1']:.2f} %")
     assert metrics["val_top1"] >= plain_resnet["val_top1"] - 3.0
-    assert metrics["val_block_count_pct"] >= 80.0          # gates did not collapse into skipping
+    # the gates did not collapse into skipping (collapsed: 13-50 %); feedforward measured 84.8 % of
+    # blocks on one machine and 78.7 % on another (same code, seed and threads: the CPU's float
+    # kernels differ), so the bound leaves room for that spread
+    assert metrics["val_block_count_pct"] >= 70.0
 
 
 @pytest.mark.slow
