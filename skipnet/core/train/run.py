@@ -1,5 +1,5 @@
 """``fit``: a whole training run on disk — evaluate every ``eval_every`` iterations, keep the
-last and the best (validation top-1) checkpoints, log metrics, report test metrics at the end.
+last and the best (validation top-1; ties: less computation) checkpoints, log metrics, report test metrics at the end.
 
 Layout of ``output_dir``: ``config.yaml`` (the effective config), ``last.pt`` (full training
 state, resumable), ``best.pt`` (best on validation), ``metrics.jsonl`` (one line per
@@ -36,7 +36,7 @@ def fit(cfg: TrainConfig, *, resume: bool = False, on_step: Callable | None = No
         on_finished_already(last, engine.global_iteration)
     out.mkdir(parents=True, exist_ok=True)        # only once the config has proved buildable
     write_text_atomic(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    best_top1 = read_checkpoint(best).get("best_val_top1", float("-inf")) if resume and best.exists() else float("-inf")
+    best_key = best_rank(read_checkpoint(best)) if resume and best.exists() else None
     while not engine.done:
         metrics = engine.train(engine.next_stage_cfg.eval_every, progress=on_step)
         metrics.update(engine.evaluate("val"))
@@ -44,9 +44,10 @@ def fit(cfg: TrainConfig, *, resume: bool = False, on_step: Callable | None = No
         atomic_save(state, last)
         # the best checkpoint is chosen within the final stage (an SP model is no HRL result)
         final_stage = engine.stage_index == len(engine.stages) - 1
-        if final_stage and metrics["val_top1"] > best_top1:
-            best_top1 = metrics["val_top1"]
-            atomic_save({**state, "best_val_top1": best_top1}, best)
+        if final_stage and (best_key is None or best_rank(metrics) > best_key):
+            best_key = best_rank(metrics)
+            atomic_save({**state, "best_val_top1": metrics["val_top1"],
+                         "best_val_computation_pct": metrics.get("val_computation_pct", 100.0)}, best)
         with open(out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(metrics) + "\n")
         if on_eval is not None:
@@ -58,3 +59,11 @@ def fit(cfg: TrainConfig, *, resume: bool = False, on_step: Callable | None = No
              "iteration": engine.global_iteration}
     write_text_atomic(out / "final.json", json.dumps(final, indent=2))
     return final
+
+
+def best_rank(metrics: dict[str, Any]) -> tuple[float, float]:
+    """What ``best.pt`` maximises: validation top-1, then less computation (two evaluations as
+    accurate keep the cheaper model). Reads an evaluation's metrics or a saved ``best.pt``."""
+    top1 = metrics.get("val_top1", metrics.get("best_val_top1", float("-inf")))
+    computation = metrics.get("val_computation_pct", metrics.get("best_val_computation_pct", 100.0))
+    return top1, -computation
