@@ -107,7 +107,7 @@ class HRLConfig:
     temperature: float = 1.0
     skip_compute: bool = False       # run each block only on the samples that execute it
     baseline: Literal["none", "batch_mean", "greedy"] = "greedy"   # what returns are compared with (skipnet.core.train.steps.advantages); none = the authors
-    entropy_weight: float = 0.001    # reward for the gates' entropy (keeps the policy from saturating early); authors: 0
+    entropy_weight: float = 0.003    # reward for the gates' entropy (keeps the policy from saturating early); authors: 0
     gate_lr_scale: float = 10.0      # the gates' learning rate is lr * gate_lr_scale; authors: 1
     # the gates also get the prediction loss's straight-through gradient (per image: how much
     # running each block lowered its loss); the policy forward then runs every block; authors: false
@@ -115,6 +115,9 @@ class HRLConfig:
     # weight of a cross-entropy on random paths (each image keeps each gated block with its own
     # probability, uniform in [0, 1]): every sub-path stays useful; authors: 0
     random_path_weight: float = 1.0
+    # share of each batch (its first images; batches are shuffled) that also runs a random path:
+    # half the batch costs half that forward and trains the blocks as well (README "Training recipes")
+    random_path_fraction: float = 0.5
     init_checkpoint: str | None = None   # SP checkpoint (ours or the authors') for stage hrl
 
 
@@ -123,9 +126,9 @@ class EvalConfig:
     batch_size: int = 256
     max_batches: int | None = None   # cap evaluation batches (quick searches); None = whole split
     # the final evaluation also measures val at each gate threshold: each trained model is a curve
-    # of candidate front points; [] = off. Three thresholds besides 0.5: 5-8 % of a quickstart
-    # trial's time (README "Fronts and export"; six cost 8-16 %)
-    gate_thresholds: tuple[float, ...] = (0.2, 0.35, 0.5, 0.7)
+    # of candidate front points; [] = off. Four thresholds besides 0.5: 2.5-4.4 % of a quickstart
+    # trial's time (README "Fronts and export"); 0.85 gives each model its low-computation end
+    gate_thresholds: tuple[float, ...] = (0.2, 0.35, 0.5, 0.7, 0.85)
 
 
 @dataclass(frozen=True)
@@ -174,6 +177,8 @@ class TrainConfig:
             raise ConfigError("hrl.entropy_weight", self.hrl.entropy_weight, "a number >= 0")
         if self.hrl.random_path_weight < 0:
             raise ConfigError("hrl.random_path_weight", self.hrl.random_path_weight, "a number >= 0")
+        if not 0 < self.hrl.random_path_fraction <= 1:
+            raise ConfigError("hrl.random_path_fraction", self.hrl.random_path_fraction, "a number in (0, 1]")
         _positive("eval.batch_size", self.eval.batch_size)
         _threshold("model.gate_threshold", self.model.gate_threshold)
         for i, t in enumerate(self.eval.gate_thresholds):

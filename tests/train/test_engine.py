@@ -229,3 +229,37 @@ def test_random_path_loss_trains_the_blocks_on_paths_of_every_length_and_never_t
 def test_random_path_weight_must_not_be_negative():
     with pytest.raises(ConfigError, match="hrl.random_path_weight"):
         small_cfg(**{"hrl.random_path_weight": -1})
+
+
+def test_hrl_step_runs_the_random_path_on_the_first_share_of_the_batch_and_no_gate_there():
+    """``hrl.random_path_fraction`` of 0.5: the random-path forward gets the batch's first half
+    (with forced decisions) and evaluates no gate; the policy forward gets the whole batch."""
+    engine = Engine(small_cfg(**{"stage": "hrl", "hrl.init_checkpoint": None, "hrl.random_path_fraction": 0.5}),
+                    load_init=False)
+    model, calls = engine.model, []
+    forward = model.forward
+
+    def spy(x, **kw):
+        gate_calls = []
+        hooks = [m.register_forward_hook(lambda *a: gate_calls.append(1))
+                 for n, m in model.named_children() if "_gate" in n]
+        try:
+            return forward(x, **kw)
+        finally:
+            calls.append((x.shape[0], kw.get("decisions") is not None, len(gate_calls)))
+            for h in hooks:
+                h.remove()
+
+    model.forward = spy
+    engine.step()
+    batch = SMALL["hrl.batch_size"]
+    policy = [c for c in calls if c[0] == batch and not c[1]]
+    random_paths = [c for c in calls if c[1]]
+    assert policy and all(c[2] == model.num_gates for c in policy)          # greedy and policy forwards
+    assert random_paths == [(batch // 2, True, 0)]
+
+
+@pytest.mark.parametrize("value", [0, -0.5, 1.5])
+def test_random_path_fraction_must_be_in_zero_one(value):
+    with pytest.raises(ConfigError, match=r"hrl.random_path_fraction.*\(0, 1\]"):
+        small_cfg(**{"hrl.random_path_fraction": value})

@@ -136,7 +136,7 @@ class SkipResNet(nn.Module):
 
     # -- forward --------------------------------------------------------------------------
     def forward(self, x: Tensor, *, skip_compute: bool = False, decisions: Tensor | None = None,
-                straight_through: bool = False) -> tuple[Tensor, GateRecord]:
+                straight_through: bool = False, run_gates: bool = True) -> tuple[Tensor, GateRecord]:
         """Logits (B, num_classes) and the per-sample ``GateRecord``.
 
         Args:
@@ -147,7 +147,12 @@ class SkipResNet(nn.Module):
             decisions: optional (B, G) 0/1 tensor that overrides the gates' decisions.
             straight_through: in ``policy`` training, the sampled mask also passes the gradient
                 of the gate's probability.
+            run_gates: False (only with ``decisions``) leaves the gates unevaluated, for passes
+                that need no gate output (SP's warm-up, HRL's random paths); the record's
+                ``prob`` is then the forced decisions.
         """
+        if not run_gates and decisions is None:
+            raise ValueError("run_gates=False needs forced decisions")
         mask_has_gradient = self.mode is not GateMode.POLICY or straight_through
         if skip_compute and self.training and mask_has_gradient and decisions is None and torch.is_grad_enabled():
             raise ConfigError("train.skip_compute", True, "false unless the gate mode is policy without "
@@ -169,7 +174,11 @@ class SkipResNet(nn.Module):
             else:
                 m = mask.view(-1, 1, 1, 1)
                 x = m * block(x, shortcut) + (1 - m) * shortcut
-            if gated and j < last:
+            if gated and j < last and not run_gates:
+                mask = decision = decisions[:, j].to(x.dtype)
+                decisions_out.append(decision)
+                probs.append(decision)
+            elif gated and j < last:
                 gate_out = gate(x)
                 if self.control is not None:
                     gate_out, state = self.control(gate_out, state)

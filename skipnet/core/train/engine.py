@@ -159,7 +159,8 @@ class Engine:
             metrics = hrl_step(self.model, images, labels, self.optimizer, alpha=h.alpha, rl_weight=h.rl_weight,
                                gamma=h.gamma, skip_compute=h.skip_compute, baseline=h.baseline,
                                entropy_weight=h.entropy_weight, straight_through=h.straight_through,
-                               random_path_weight=h.random_path_weight, amp=amp,
+                               random_path_weight=h.random_path_weight,
+                               random_path_fraction=h.random_path_fraction, amp=amp,
                                scaler=self.scaler)
         else:
             metrics = supervised_step(self.model, images, labels, self.optimizer, amp=amp, scaler=self.scaler,

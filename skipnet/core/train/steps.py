@@ -75,7 +75,7 @@ def supervised_step(model: nn.Module, images: Tensor, labels: Tensor, optimizer:
     with autocast(images.device, amp):
         num_gates = getattr(model, "num_gates", 0)
         forced = images.new_ones(images.shape[0], num_gates) if all_blocks and num_gates else None
-        logits, record = model(images, decisions=forced)
+        logits, record = model(images, decisions=forced, run_gates=forced is None)
         loss = F.cross_entropy(logits.float(), labels)
     _update(loss, optimizer, scaler)
     return StepMetrics(loss.item(), loss.item(), _accuracy(logits, labels), _executed(record.decision))
@@ -84,13 +84,14 @@ def supervised_step(model: nn.Module, images: Tensor, labels: Tensor, optimizer:
 def hrl_step(model: nn.Module, images: Tensor, labels: Tensor, optimizer: torch.optim.Optimizer, *,
              alpha: float, rl_weight: float, gamma: float, skip_compute: bool = False, baseline: str = "none",
              entropy_weight: float = 0.0, straight_through: bool = False, random_path_weight: float = 0.0,
-             amp: bool = False, scaler: torch.amp.GradScaler | None = None) -> StepMetrics:
+             random_path_fraction: float = 1.0, amp: bool = False, scaler: torch.amp.GradScaler | None = None) -> StepMetrics:
     """``baseline`` is what each return is compared with (see ``advantages``). ``entropy_weight``
     rewards the gates' entropy (summed over samples and gates, like the policy term), so the
     policy does not saturate on a static subnetwork before it has learned whom to route.
     ``straight_through``: the gates also get the prediction loss's gradient through the sampled
     mask, so the policy forward runs every block (``skip_compute`` then applies to the other
-    forwards). ``random_path_weight``: weight of ``random_path_loss``."""
+    forwards). ``random_path_weight``: weight of ``random_path_loss``, run on the batch's first
+    ``random_path_fraction`` of images."""
     with autocast(images.device, amp):
         reference = greedy_returns(model, images, labels, alpha, gamma) if baseline == "greedy" else None
         logits, record = model(images, skip_compute=skip_compute and not straight_through,
@@ -102,7 +103,8 @@ def hrl_step(model: nn.Module, images: Tensor, labels: Tensor, optimizer: torch.
             policy_loss = policy_loss - entropy_weight * bernoulli_entropy(record.prob.float()).sum()
         loss = prediction_loss.mean() + policy_loss
         if random_path_weight:
-            loss = loss + random_path_weight * random_path_loss(model, images, labels, skip_compute)
+            n = max(1, round(random_path_fraction * images.shape[0]))
+            loss = loss + random_path_weight * random_path_loss(model, images[:n], labels[:n], skip_compute)
     _update(loss, optimizer, scaler)
     return StepMetrics(loss.item(), prediction_loss.mean().item(), _accuracy(logits, labels),
                        _executed(record.decision), returns[:, 0].mean().item())
@@ -116,11 +118,11 @@ def random_path_loss(model: nn.Module, images: Tensor, labels: Tensor, skip_comp
     that hard images gain nothing from more blocks and easy ones lose from fewer (measured:
     every block forced on fell to about 35 % top-1), and the policy has nothing to route by.
     Drawing the rate per image trains short paths as well as long ones, unlike one fixed
-    stochastic-depth rate."""
+    stochastic-depth rate. The gates are not evaluated: nothing here reads them."""
     num_gates = model.num_gates
     keep = torch.rand(images.shape[0], 1, device=images.device)
     decisions = torch.bernoulli(keep.expand(-1, num_gates))
-    logits, _ = model(images, skip_compute=skip_compute, decisions=decisions)
+    logits, _ = model(images, skip_compute=skip_compute, decisions=decisions, run_gates=False)
     return F.cross_entropy(logits.float(), labels)
 
 
