@@ -40,7 +40,7 @@ def test_train_writes_checkpoints_metrics_and_table(trained):
     assert "val_top1" in result.stdout and "test_computation_pct" in result.stdout
     assert "val_difficulty_spearman" in result.stdout and "val_distinct_paths" in result.stdout
     curve = sorted(k.split("/")[1] for k in final if k.startswith("threshold_curve/") and k.endswith("/val_top1"))
-    assert curve == ["0.2", "0.35", "0.5", "0.7"] and "validation at each gate threshold" in result.stdout
+    assert curve == ["0.2", "0.35", "0.5", "0.7", "0.85"] and "validation at each gate threshold" in result.stdout
     assert final["threshold_curve/0.5/val_top1"] == final["val_top1"]
     progress = [line for line in result.stdout.splitlines() if line.startswith("train: iteration")]
     assert [line.split()[2] for line in progress] == [f"{i}/6" for i in range(1, 7)], result.stdout
