@@ -183,6 +183,19 @@ class MOPBT(SkipNetPBT):
         order = population_order(np.array([self._point(t) for t in trials]), self.modes, self.diversity)
         return [trials[i] for i in order]
 
+    def _quantiles_of(self, trials: list[Trial]) -> tuple[list[Trial], list[Trial]]:
+        """PBT's quantiles, except that the first front's ends (the best member on each
+        objective) are never exploited. Why: a member decides when it reaches a perturbation,
+        with only the members that have reported so far; with two of them both are the front's
+        ends, the quantile takes one, and the family copies the other end (measured: the
+        quickstart MO-PBT's four recurrent members all copied the one at 100 % computation)."""
+        lower, upper = super()._quantiles_of(trials)
+        ranked = [t for t in trials if self._trial_state[t].last_score is not None]
+        if not lower or not ranked:
+            return lower, upper
+        ends = front_ends(np.array([self._point(t) for t in ranked]), self.modes)
+        return [t for t in lower if ranked.index(t) not in ends], upper
+
 
 class WithinBounds:
     """``custom_explore_fn`` for PBT: its perturbation multiplies a value by 0.8 or 1.2 without
@@ -220,6 +233,17 @@ def population_order(points: Any, directions: list[str], diversity: str = "crowd
     else:
         spread = -scattered_position(losses, rank)
     return np.lexsort((np.arange(len(losses)), -spread, rank))
+
+
+def front_ends(points: Any, directions: list[str]) -> set[int]:
+    """Indices of the first non-dominated front's ends: on each objective, its best member
+    (ties: all of them); NaN rows are never ends."""
+    losses = pareto.normalize(points, directions)
+    front = np.flatnonzero(pareto.nondominated_rank(losses) == 0)
+    if not len(front):
+        return set()
+    best = losses[front].min(axis=0)
+    return {int(i) for i in front if np.any(losses[i] == best)}
 
 
 def scattered_position(losses: np.ndarray, rank: np.ndarray) -> np.ndarray:

@@ -36,3 +36,29 @@ def test_pbt_perturbations_are_clipped_into_the_search_space():
         {"hrl": {"alpha": 1.0, "lr": 0.001}, "sp": {"batch_size": 32}}
     assert clip({"hrl.alpha": 0.5, "hrl.lr": 0.05, "sp.batch_size": 8}) == \
         {"hrl.alpha": 0.5, "hrl.lr": 0.05, "sp.batch_size": 8}          # dotted keys; inside: unchanged
+
+
+def test_front_ends_are_the_best_member_on_each_objective():
+    from skipnet.tune.pbt import front_ends
+    assert front_ends(POINTS, ["max", "min"]) == {0, 3}
+    assert front_ends(np.array([[np.nan, np.nan]]), ["max", "min"]) == set()
+
+
+@pytest.mark.parametrize("points, lower", [
+    ({"a": (99.4, 100.0), "b": (93.8, 47.5)}, []),                        # two reported: both ends
+    ({"a": (99.4, 100.0), "b": (93.8, 47.5), "c": (97.8, 56.8)}, ["c"]),   # the middle may copy an end
+    ({"a": (99.4, 100.0), "b": (93.8, 47.5), "c": (97.8, 56.8), "d": (84.0, 48.3)}, ["d"]),   # dominated
+])
+def test_mopbt_never_exploits_an_end_of_the_front(points, lower):
+    """The asynchronous population's first decisions see only the members that have reported:
+    the quickstart's MO-PBT put the least-computation member of two in the lower quantile, and
+    all four recurrent members ended as copies of the one at 100 % computation."""
+    from types import SimpleNamespace
+
+    from skipnet.tune.pbt import MOPBT
+    scheduler = MOPBT(["val_top1", "val_computation_pct"], ["max", "min"], perturbation_interval=1,
+                      quantile_fraction=0.25, hyperparam_mutations={"lr": [0.1, 0.01]})
+    scheduler._trial_state = {name: SimpleNamespace(last_score=acc, last_result={
+        "val_top1": acc, "val_computation_pct": comp}) for name, (acc, comp) in points.items()}
+    got, upper = scheduler._quantiles_of(list(points))
+    assert got == lower and set(upper).isdisjoint(got)
