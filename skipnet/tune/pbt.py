@@ -190,11 +190,11 @@ class MOPBT(SkipNetPBT):
         ends, the quantile takes one, and the family copies the other end (measured: the
         quickstart MO-PBT's four recurrent members all copied the one at 100 % computation)."""
         lower, upper = super()._quantiles_of(trials)
-        ranked = [t for t in trials if self._trial_state[t].last_score is not None]
-        if not lower or not ranked:
+        if not lower:
             return lower, upper
-        ends = front_ends(np.array([self._point(t) for t in ranked]), self.modes)
-        return [t for t in lower if ranked.index(t) not in ends], upper
+        ranked = [t for t in trials if self._trial_state[t].last_score is not None]
+        ends = {ranked[i] for i in front_ends(np.array([self._point(t) for t in ranked]), self.modes)}
+        return [t for t in lower if t not in ends], upper
 
 
 class WithinBounds:
