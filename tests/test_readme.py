@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -88,7 +89,7 @@ def shell(command: str, cwd: Path) -> subprocess.Popen:
     env["PATH"] = "/usr/local/bin:/usr/bin:/bin"                       # no venv on PATH until activated
     out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
     proc = subprocess.Popen(["bash", "-c", f"source {ACTIVATE} && {command}"], cwd=cwd, env=env, stdout=out,
-                            stderr=err, text=True)
+                            stderr=err, text=True, start_new_session=True)     # its own group: see the finally below
     proc.outputs = (out, err)
     return proc
 
@@ -97,7 +98,7 @@ def finish(command: str, proc: subprocess.Popen, started: float) -> subprocess.C
     try:
         proc.wait(timeout=1200)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        os.killpg(proc.pid, signal.SIGKILL)                # bash and the command under it
         raise
     print(f"{time.monotonic() - started:6.1f} s  {command}")          # shown with -s or on failure
     texts = []
@@ -151,26 +152,32 @@ def test_readme_commands_run_as_written(tmp_path):
             assert "Exception ignored" not in output, output[-2000:]
         done.append(command)
 
-    for command in readme_commands():
-        if not runnable(command) or command in done or (running and command == running[0]):
-            continue                                       # the quickstart search is listed twice
-        if running and not needs_no_search(command):
+    try:
+        for command in readme_commands():
+            if not runnable(command) or command in done or (running and command == running[0]):
+                continue                                   # the quickstart search is listed twice
+            if running and not needs_no_search(command):
+                check(running[0], finish(*running))
+                running = None
+            for name, shown in README_IDS.items():
+                if name in ids:
+                    command = command.replace(shown, ids[name])
+            if ids:
+                searches = list(ids.values())
+                command = re.sub(r"\bSEARCH_A SEARCH_B\b", " ".join(searches[:2]), command)
+                command = re.sub(r"\bSEARCH\b", ids["quickstart"], command).replace("TRIAL_ID", knee)
+            started = time.monotonic()
+            if not done and running is None and command.startswith("skipnet search "):
+                running = (command, shell(command, tmp_path), started)     # the README's first command
+                continue
+            check(command, finish(command, shell(command, tmp_path), started))
+        if running:
             check(running[0], finish(*running))
             running = None
-        for name, shown in README_IDS.items():
-            if name in ids:
-                command = command.replace(shown, ids[name])
-        if ids:
-            searches = list(ids.values())
-            command = re.sub(r"\bSEARCH_A SEARCH_B\b", " ".join(searches[:2]), command)
-            command = re.sub(r"\bSEARCH\b", ids["quickstart"], command).replace("TRIAL_ID", knee)
-        started = time.monotonic()
-        if not done and running is None and command.startswith("skipnet search "):
-            running = (command, shell(command, tmp_path), started)     # the README's first command
-            continue
-        check(command, finish(command, shell(command, tmp_path), started))
-    if running:
-        check(running[0], finish(*running))
+    finally:
+        if running and running[1].poll() is None:         # a command beside it failed: stop the search we started
+            os.killpg(running[1].pid, signal.SIGKILL)     # bash and the skipnet search under it
+            running[1].wait()
     assert len(done) >= 10, done
 
 
