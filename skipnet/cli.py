@@ -139,7 +139,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     dc = from_dict(DataConfig, data, "data")
     splits = build_splits(dc.name, dc.root, val_size=dc.val_size, seed=saved.get("seed", 0),
                           image_size=dc.image_size, synthetic_size=dc.synthetic_size,
-                          synthetic_test_size=dc.synthetic_test_size)
+                          synthetic_test_size=dc.synthetic_test_size,
+                          synthetic_difficulty=dc.synthetic_difficulty)
     # the checkpoint's own gates unless --arch names another network (then its gates, checked below)
     overrides = recorded if not args.arch else {k: v for k, v in recorded.items() if k != "gate"}
     model = create_model(arch, num_classes=splits.num_classes, **overrides)

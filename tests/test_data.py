@@ -296,6 +296,34 @@ def test_synthetic_bytes_pinned():
     assert digest == SYNTHETIC_DIGEST
 
 
+def test_synthetic_difficulty_range():
+    """A narrower range moves only each image's difficulty: same labels, d inside the range,
+    and harder images on average; the default range is exactly the unbounded draw."""
+    full = D.build_splits("synthetic", synthetic_size=400, synthetic_test_size=50, seed=3)
+    same = D.build_splits("synthetic", synthetic_size=400, synthetic_test_size=50, seed=3,
+                          synthetic_difficulty=[0, 1])
+    hard = D.build_splits("synthetic", synthetic_size=400, synthetic_test_size=50, seed=3,
+                          synthetic_difficulty=(0.5, 0.9))
+    assert torch.equal(full.train.images, same.train.images)
+    assert torch.equal(full.train.labels, hard.train.labels) and torch.equal(full.test.labels, hard.test.labels)
+    d = D.difficulty(hard.train)
+    assert 0.5 <= float(d.min()) and float(d.max()) <= 0.9 and float(d.min()) < 0.52 and float(d.max()) > 0.88
+    assert torch.allclose(d, 0.5 + 0.4 * D.difficulty(full.train))
+    with pytest.raises(ConfigError, match=r"data.synthetic_difficulty: .*0 <= low <= high <= 1"):
+        D.build_splits("synthetic", synthetic_size=100, synthetic_test_size=10, synthetic_difficulty=[0.5, 1.5])
+
+
+def test_synthetic_difficulty_from_the_config_reaches_the_data():
+    from skipnet.core.config import load_train_config
+    from skipnet.core.train import Engine
+    cfg = load_train_config(None, {"stage": "base", "model.arch": "cifar10_resnet_20", "data.synthetic_size": 200,
+                                   "data.synthetic_test_size": 20, "data.val_size": 20,
+                                   "data.synthetic_difficulty": [0.4, 1]})
+    assert cfg.data.synthetic_difficulty == (0.4, 1.0)
+    splits = Engine(cfg).splits
+    assert all(float(D.difficulty(part).min()) >= 0.4 for part in (splits.train, splits.val, splits.test))
+
+
 def test_synthetic_difficulty_exposed_and_aligned():
     splits = D.build_splits("synthetic", synthetic_size=1000, synthetic_test_size=200)
     full = D._synthetic_samples(1000, 10, 0, D._SYN_TRAIN)[2]

@@ -64,6 +64,9 @@ class DataConfig:
     image_size: int = 224            # folders only
     synthetic_size: int = 10000
     synthetic_test_size: int = 2000
+    # synthetic only: each image's difficulty d is uniform in [low, high] (skipnet.core.data);
+    # a higher low end leaves fewer images that the first blocks alone classify
+    synthetic_difficulty: tuple[float, ...] = (0.0, 1.0)
     augment: bool = True
 
 
@@ -189,6 +192,7 @@ class TrainConfig:
             raise ConfigError("threads", self.threads, "a positive integer or null (one per usable CPU)")
         if self.data.num_workers < 0:
             raise ConfigError("data.num_workers", self.data.num_workers, "an integer >= 0")
+        check_difficulty_range(self.data.synthetic_difficulty)
         if check_model:
             _check_model(self.model)
         return self
@@ -204,6 +208,18 @@ def _threshold(key: str, value: float) -> None:
     if not 0 < value < 1:
         raise ConfigError(key, value, "a number strictly between 0 and 1 (the gate probability above which "
                                       "a block executes)")
+
+
+def check_difficulty_range(value: Any, key: str = "data.synthetic_difficulty") -> tuple[float, float]:
+    """``[low, high]`` with 0 <= low <= high <= 1 as a float pair, else a ConfigError naming ``key``."""
+    ok = (isinstance(value, (list, tuple)) and len(value) == 2
+          and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+          and 0 <= value[0] <= value[1] <= 1)
+    if not ok:
+        raise ConfigError(key, list(value) if isinstance(value, tuple) else value,
+                          "a list [low, high] of numbers with 0 <= low <= high <= 1 (the synthetic "
+                          "images' difficulty range)")
+    return float(value[0]), float(value[1])
 
 
 def _check_model(model: ModelConfig) -> None:

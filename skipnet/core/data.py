@@ -14,7 +14,8 @@ rounded cosine table and element-wise float32 arithmetic only). Each class has t
 easy cue is a flat background colour per class (colours spread far apart), which a single
 convolution and a global average pool read. The hard cue is a grey stripe texture per class:
 vertical, horizontal, diagonal-X or square plaid, with a period of 5, 9 or 16 pixels (±8%,
-random phase). Each sample draws a difficulty ``d`` uniform in [0, 1]; its background is
+random phase). Each sample draws a difficulty ``d`` uniform in [0, 1] (or in the range
+``synthetic_difficulty`` names); its background is
 ``(1 - d) * colour[class] + d * colour[random other class]``, its stripes have an amplitude of
 ``50 * (1 - 0.8 d)`` grey levels and it carries uniform pixel noise of amplitude ``8 + 52 d``.
 Below ``d = 0.5`` the colour alone gives the class. Above it the colour points to a wrong
@@ -41,6 +42,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader, make_dataset
 
+from skipnet.core.config import check_difficulty_range
 from skipnet.errors import ConfigError
 
 __all__ = ["DATASETS", "DataSplits", "build_splits", "train_batches", "eval_batches",
@@ -311,14 +313,17 @@ def _texture(k: int, stretch: np.ndarray, phase: np.ndarray) -> np.ndarray:
     return out
 
 
-def _synthetic_samples(n: int, num_classes: int, seed: int, stream: int
+def _synthetic_samples(n: int, num_classes: int, seed: int, stream: int,
+                       difficulty_range: tuple[float, float] = (0.0, 1.0)
                        ) -> tuple[Tensor, Tensor, Tensor]:
-    """``n`` images (N, 3, 32, 32) uint8, labels and difficulty in [0, 1] (module docstring)."""
+    """``n`` images (N, 3, 32, 32) uint8, labels and difficulty in ``difficulty_range``
+    (module docstring). The same seed draws the same labels, cues and noise for any range."""
     f = np.float32
     colours = _synthetic_colours(num_classes, seed)
     rng = np.random.default_rng(np.random.SeedSequence([_seed(seed, stream)]))
     labels = rng.integers(0, num_classes, size=n, dtype=np.int64)
-    d = rng.random(n, dtype=f)
+    low, high = difficulty_range
+    d = f(low) + f(high - low) * rng.random(n, dtype=f)   # [0, 1]: exactly rng.random
     other = (labels + rng.integers(1, num_classes, size=n, dtype=np.int64)) % num_classes
     stretch = f(0.92) + f(0.16) * rng.random(n, dtype=f)  # period within +-8% of the class's
     phase = rng.random(n, dtype=f)
@@ -341,9 +346,9 @@ def _synthetic_samples(n: int, num_classes: int, seed: int, stream: int
     return torch.from_numpy(image), torch.from_numpy(labels), torch.from_numpy(d)
 
 
-def _synthetic_dataset(n: int, num_classes: int, seed: int, stream: int
-                       ) -> TensorImageDataset:
-    images, labels, diff = _synthetic_samples(n, num_classes, seed, stream)
+def _synthetic_dataset(n: int, num_classes: int, seed: int, stream: int,
+                       difficulty_range: tuple[float, float]) -> TensorImageDataset:
+    images, labels, diff = _synthetic_samples(n, num_classes, seed, stream, difficulty_range)
     return TensorImageDataset(images, labels, _SYNTHETIC, difficulty=diff,
                               classes=[f"class{c}" for c in range(num_classes)])
 
@@ -363,7 +368,8 @@ def _check_int(path: str, value: object, low: int, high: int | None = None,
 def build_splits(name: str, root: str | None = None, *, val_size: int | None = None,
                  download: bool = False, seed: int = 0, augment: bool = True,
                  image_size: int = 224, synthetic_size: int = 10_000,
-                 synthetic_test_size: int = 2_000, num_classes: int | None = None) -> DataSplits:
+                 synthetic_test_size: int = 2_000, num_classes: int | None = None,
+                 synthetic_difficulty: Sequence[float] = (0.0, 1.0)) -> DataSplits:
     """Load data set ``name`` and hold a seeded validation split out of its training set.
 
     Args:
@@ -378,6 +384,7 @@ def build_splits(name: str, root: str | None = None, *, val_size: int | None = N
         image_size: crop size for folder trees (the others are 32).
         synthetic_size, synthetic_test_size: synthetic train (validation included), test sizes.
         num_classes: number of synthetic classes (default 10); for real data, a check.
+        synthetic_difficulty: ``[low, high]``, the synthetic images' difficulty range.
     """
     if name not in DATASETS:
         raise ConfigError("data.name", name, "one of " + ", ".join(DATASETS))
@@ -387,8 +394,9 @@ def build_splits(name: str, root: str | None = None, *, val_size: int | None = N
                        2, _MAX_SYNTHETIC_CLASSES)
         n_train = _check_int("data.synthetic_size", synthetic_size, 2)
         n_test = _check_int("data.synthetic_test_size", synthetic_test_size, 0)
-        full = _synthetic_dataset(n_train, k, seed, _SYN_TRAIN)
-        test = _synthetic_dataset(n_test, k, seed, _SYN_TEST)
+        d_range = check_difficulty_range(synthetic_difficulty)
+        full = _synthetic_dataset(n_train, k, seed, _SYN_TRAIN, d_range)
+        test = _synthetic_dataset(n_test, k, seed, _SYN_TEST, d_range)
     elif root is None or not (os.path.isdir(root) or download and name in _TORCHVISION):
         raise ConfigError("data.root", root, _LAYOUT[name])
     elif name in ("imagenet", "imagefolder"):

@@ -60,7 +60,8 @@ class Engine:
         d = cfg.data
         self.splits = splits or build_splits(
             d.name, d.root, val_size=d.val_size, download=d.download, seed=cfg.seed, augment=d.augment,
-            image_size=d.image_size, synthetic_size=d.synthetic_size, synthetic_test_size=d.synthetic_test_size)
+            image_size=d.image_size, synthetic_size=d.synthetic_size, synthetic_test_size=d.synthetic_test_size,
+            synthetic_difficulty=d.synthetic_difficulty)
         self.stages = ["sp", "hrl"] if cfg.stage == "pipeline" else [cfg.stage]
         self.stage_index = 0
         self.iteration = 0                      # within the current stage
