@@ -210,13 +210,14 @@ def _threshold(key: str, value: float) -> None:
                                       "a block executes)")
 
 
-def check_difficulty_range(value: Any, key: str = "data.synthetic_difficulty") -> tuple[float, float]:
-    """``[low, high]`` with 0 <= low <= high <= 1 as a float pair, else a ConfigError naming ``key``."""
+def check_difficulty_range(value: Any) -> tuple[float, float]:
+    """``[low, high]`` with 0 <= low <= high <= 1 as a float pair, else a ConfigError naming
+    ``data.synthetic_difficulty``."""
     ok = (isinstance(value, (list, tuple)) and len(value) == 2
           and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
           and 0 <= value[0] <= value[1] <= 1)
     if not ok:
-        raise ConfigError(key, list(value) if isinstance(value, tuple) else value,
+        raise ConfigError("data.synthetic_difficulty", list(value) if isinstance(value, tuple) else value,
                           "a list [low, high] of numbers with 0 <= low <= high <= 1 (the synthetic "
                           "images' difficulty range)")
     return float(value[0]), float(value[1])
