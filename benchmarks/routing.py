@@ -16,6 +16,7 @@ same script measures an older checkout: run it from that checkout's root for a "
 
     python benchmarks/routing.py [--depth 38] [--alphas 0.5,1,2,3,5,8] [--out benchmarks/results/routing.json]
     python benchmarks/routing.py --sp-check [--out benchmarks/results/sp_check.json]
+    python benchmarks/routing.py --sp-check --depth 20 --difficulty 0.4,1 --seeds 0,1,2,3   # harder data
 """
 from __future__ import annotations
 
@@ -42,7 +43,9 @@ def base_overrides(args, gate: str | None, seed: int, batch: int) -> dict:
             "data.synthetic_test_size": 500, "sp.batch_size": batch, "sp.iterations": args.sp_iterations,
             "sp.lr_milestones": [args.sp_iterations * 3 // 4], "hrl.batch_size": batch,
             "hrl.iterations": args.hrl_iterations, "hrl.lr": args.hrl_lr, "hrl.skip_compute": True,
-            "eval.batch_size": 500, "threads": args.threads}
+            "eval.batch_size": 500, "threads": args.threads,
+            **({"data.synthetic_difficulty": args.difficulty} if args.difficulty else {}),
+            **({"sp.gate_warmup": args.gate_warmup} if args.gate_warmup is not None else {})}
 
 
 class _Threshold:
@@ -185,6 +188,9 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--difficulty", type=lambda s: [float(d) for d in s.split(",")], default=None,
+                   help="low,high: the synthetic difficulty range (data.synthetic_difficulty; default [0, 1])")
+    p.add_argument("--gate-warmup", type=int, default=None, help="sp.gate_warmup (default: a third of SP)")
     p.add_argument("--sp-check", action="store_true")
     p.add_argument("--batches", type=lambda s: [int(b) for b in s.split(",")], default=[32, 64], help="--sp-check")
     p.add_argument("--seeds", type=lambda s: [int(b) for b in s.split(",")], default=[0, 1], help="--sp-check")

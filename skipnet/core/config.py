@@ -39,7 +39,8 @@ Recipe = Literal["stable", "authors"]
 # REINFORCE alone finds the per-gate bias long before any input dependence) and adds a
 # cross-entropy on random paths (else the blocks co-adapt to the policy's few paths, so that
 # hard images gain nothing from more blocks and easy ones lose from fewer).
-AUTHORS_RECIPE = {"model.gate_norm": False, "sp.gate_warmup": 0, "hrl.baseline": "none", "hrl.entropy_weight": 0.0,
+AUTHORS_RECIPE = {"model.gate_norm": False, "sp.gate_warmup": 0, "sp.lr_warmup": 0, "sp.gate_init_prob": None,
+                  "hrl.baseline": "none", "hrl.entropy_weight": 0.0,
                   "hrl.gate_lr_scale": 1.0, "hrl.straight_through": False, "hrl.random_path_weight": 0.0}
 
 
@@ -86,10 +87,21 @@ class SPConfig:
     # which then get no gradient, and SP collapses into skipping nearly every block.
     gate_warmup: int | None = None   # first iterations run every block; None = a third of iterations, 0 = off
     gate_lr_scale: float = 1.0       # the gates' learning rate is lr * gate_lr_scale
+    # The learning rate rises linearly to lr over the first iterations: at full lr from the first
+    # step, short runs stay on the loss plateau for a seed-dependent time (plain ResNets too)
+    lr_warmup: int | None = None     # iterations; None = as long as the gate warm-up, 0 = off
+    # When the warm-up ends the gates start by executing every block with about this probability
+    # (skipnet.core.models.gates.start_executing), so SP does not switch off half of the blocks at
+    # once while they are still learning; null = the authors' initialisation
+    gate_init_prob: float | None = 0.9
 
     @property
     def warmup_iterations(self) -> int:
         return self.iterations // 3 if self.gate_warmup is None else self.gate_warmup
+
+    @property
+    def lr_warmup_iterations(self) -> int:
+        return self.warmup_iterations if self.lr_warmup is None else self.lr_warmup
 
 
 @dataclass(frozen=True)
@@ -161,6 +173,9 @@ class TrainConfig:
             _positive(f"{section}.gate_lr_scale", c.gate_lr_scale)
             if (getattr(c, "gate_warmup", 0) or 0) < 0:
                 raise ConfigError(f"{section}.gate_warmup", c.gate_warmup, "an integer >= 0 or null (a third of iterations)")
+            if (getattr(c, "lr_warmup", 0) or 0) < 0:
+                raise ConfigError(f"{section}.lr_warmup", c.lr_warmup,
+                                  "an integer >= 0 or null (as long as the gate warm-up)")
             if c.iterations < 0:
                 raise ConfigError(f"{section}.iterations", c.iterations, "an integer >= 0")
             if not 0 <= c.momentum < 1:
@@ -169,6 +184,9 @@ class TrainConfig:
                 raise ConfigError(f"{section}.weight_decay", c.weight_decay, "a number >= 0")
             if not 0 < c.lr_decay <= 1:
                 raise ConfigError(f"{section}.lr_decay", c.lr_decay, "a number in (0, 1]")
+        if self.sp.gate_init_prob is not None and not 0 < self.sp.gate_init_prob < 1:
+            raise ConfigError("sp.gate_init_prob", self.sp.gate_init_prob,
+                              "a number strictly between 0 and 1 or null (the authors' gate initialisation)")
         if self.hrl.alpha < 0:
             raise ConfigError("hrl.alpha", self.hrl.alpha, "a number >= 0")
         if self.hrl.rl_weight < 0:

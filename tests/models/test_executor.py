@@ -1,4 +1,5 @@
-"""Real skipping equals the masked reference (CPU, float32, eval mode) within 1e-5."""
+"""Real skipping equals the masked reference (CPU, float32, eval mode) within 1e-5 of the logits' scale
+(a fresh ResNet-110 in eval mode has logits near 1e4, where float32 rounding alone is about 1e-3)."""
 import pytest
 import torch
 
@@ -25,7 +26,7 @@ def test_executor_matches_masked_reference(name, batch):
         ref_logits, ref = model(x)
     logits, record = execute(model, x)
     assert torch.equal(record.decision, ref.decision)
-    assert torch.allclose(logits, ref_logits, atol=1e-5, rtol=0)
+    assert torch.allclose(logits, ref_logits, atol=1e-5 * max(1.0, ref_logits.abs().max().item()), rtol=0)
     if batch > 1:
         frac = ref.decision.mean().item()
         assert 0.05 < frac < 0.95, "test needs mixed decisions"

@@ -94,3 +94,20 @@ def test_skip_compute_is_refused_where_the_mask_carries_a_gradient():
     with pytest.raises(ConfigError, match="straight_through"):
         model(images, skip_compute=True, straight_through=True)
     model(images, skip_compute=True, straight_through=True, decisions=torch.ones(4, model.num_gates))  # forced
+
+
+@pytest.mark.parametrize("arch", ["cifar10_skipnet_20_feedforward_conv", "cifar10_skipnet_20_feedforward_fc",
+                                  "cifar10_skipnet_20_recurrent"])
+def test_start_executing_makes_every_gate_run_its_block_and_draws_nothing(arch):
+    import skipnet
+    from skipnet.core.models.gates import start_executing
+    torch.manual_seed(0)
+    model = skipnet.create_model(arch).train()
+    images = torch.randn(32, 3, 32, 32)
+    rng = torch.get_rng_state()
+    start_executing(model, 0.9)
+    assert torch.equal(torch.get_rng_state(), rng)
+    _, record = model(images)
+    assert record.decision.mean().item() == 1.0                 # every block runs for every image
+    assert 0.8 < record.prob.mean().item() < 0.97
+    assert record.prob.std().item() > 0                         # the gates still see their input

@@ -90,3 +90,17 @@ def test_bad_gate_value_names_the_key():
         skipnet.create_model("cifar10_rnn_gate_38", gate="banana")
     with pytest.raises(ConfigError, match="model.mode"):
         skipnet.create_model("cifar10_rnn_gate_38", mode="greedy")
+
+
+def test_the_same_seed_starts_every_gate_type_and_the_plain_resnet_from_the_same_weights():
+    """The network's own layers are drawn before the gates' (``init_weights``): SP and the plain
+    ResNet of a seed differ only by what the gates do."""
+    nets = {}
+    for name in ("cifar10_resnet_20", "cifar10_skipnet_20_feedforward_conv", "cifar10_skipnet_20_recurrent"):
+        torch.manual_seed(7)
+        nets[name] = skipnet.create_model(name).state_dict()
+    plain = nets.pop("cifar10_resnet_20")
+    for name, state in nets.items():
+        assert all(torch.equal(state[k], v) for k, v in plain.items()), name
+    torch.manual_seed(8)
+    assert not torch.equal(skipnet.create_model("cifar10_resnet_20").state_dict()["conv1.weight"], plain["conv1.weight"])

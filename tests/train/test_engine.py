@@ -263,3 +263,43 @@ def test_hrl_step_runs_the_random_path_on_the_first_share_of_the_batch_and_no_ga
 def test_random_path_fraction_must_be_in_zero_one(value):
     with pytest.raises(ConfigError, match=r"hrl.random_path_fraction.*\(0, 1\]"):
         small_cfg(**{"hrl.random_path_fraction": value})
+
+
+def test_sp_learning_rate_warms_up_with_the_gates_and_resumes_on_its_ramp(tmp_path):
+    """``sp.lr_warmup`` (default: as long as the gate warm-up) ramps the learning rate linearly,
+    then step decay applies; HRL has no ramp; a resumed run and a PBT update stay on the ramp."""
+    cfg = {"stage": "pipeline", "sp.iterations": 8, "sp.gate_warmup": 4, "sp.lr_milestones": [6], "sp.lr_decay": 0.5,
+           "hrl.iterations": 2, "hrl.lr": 0.01}
+    engine = Engine(small_cfg(**cfg))
+    assert engine.cfg.sp.lr_warmup_iterations == 4
+    lrs = []
+    for _ in range(10):
+        lrs.append(engine.optimizer.param_groups[0]["lr"] if engine.iteration < 8 else None)
+        engine.step()
+    assert lrs[:8] == pytest.approx([0.025, 0.05, 0.075, 0.1, 0.1, 0.1, 0.05, 0.05])
+    assert engine.stage == "hrl" and engine.optimizer.param_groups[0]["lr"] == pytest.approx(0.01)
+
+    engine = Engine(small_cfg(**cfg))
+    engine.train(2)
+    engine.save(tmp_path / "ramp.pt")
+    resumed = Engine.restore(tmp_path / "ramp.pt")
+    assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(0.075)
+    resumed.update_hyperparameters(lr=0.2)                 # PBT on the ramp: 3/4 of the new lr
+    assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(0.15)
+    resumed.step()
+    assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(0.2)
+    assert load_train_config(None, {**cfg, "sp.lr_warmup": 0}).sp.lr_warmup_iterations == 0
+    assert load_train_config(None, {**cfg, "recipe": "authors"}).sp.lr_warmup_iterations == 0
+
+
+def test_sp_starts_the_gates_executing_unless_the_authors_recipe_is_asked_for():
+    def execute_bias(engine):
+        return engine.model.control.proj.bias.item()
+    stable = Engine(small_cfg(**{"stage": "sp", "sp.iterations": 2}))
+    assert execute_bias(stable) == pytest.approx(float(torch.logit(torch.tensor(0.9))))
+    assert execute_bias(Engine(small_cfg(**{"stage": "sp", "sp.gate_init_prob": 0.75}))) == pytest.approx(
+        float(torch.logit(torch.tensor(0.75))))
+    authors = Engine(small_cfg(**{"stage": "sp", "recipe": "authors"}))
+    assert abs(execute_bias(authors) - execute_bias(stable)) > 0.5     # PyTorch's Linear bias, |b| <= 0.32
+    with pytest.raises(ConfigError, match="sp.gate_init_prob"):
+        small_cfg(**{"sp.gate_init_prob": 1.0})

@@ -22,7 +22,9 @@ BASE = {"data.synthetic_size": 4000, "data.synthetic_test_size": 500, "data.val_
         "hrl.batch_size": 32, "hrl.iterations": 200, "hrl.lr": 0.01, "hrl.skip_compute": True, "eval.batch_size": 250,
         "eval.gate_thresholds": [0.05, 0.1, 0.2, 0.35, 0.5, 0.65, 0.8, 0.9, 0.95]}
 GATES = ("feedforward_conv", "recurrent")
-MID_ALPHA = 2.5
+# a mid alpha per gate type: at the same alpha the feedforward gate skips less (alpha 2.5:
+# 72.9 % computation, rho 0.67, 99.4 %; the recurrent one 60.6 %)
+MID_ALPHA = {"feedforward_conv": 5.0, "recurrent": 2.5}
 LOW_ALPHA = 1.0
 MIN_SPEARMAN = 0.3       # a constant or statically pruned policy gives 0
 
@@ -57,7 +59,7 @@ def hrl_runs(sp_runs):
     """(gate, alpha) -> validation metrics with per-image outcomes and the threshold curve."""
     checkpoints, splits = sp_runs
     out = {}
-    for gate, alpha in [(g, MID_ALPHA) for g in GATES] + [("recurrent", LOW_ALPHA)]:
+    for gate, alpha in [(g, MID_ALPHA[g]) for g in GATES] + [("recurrent", LOW_ALPHA)]:
         engine = Engine(load_train_config(None, {**BASE, "stage": "hrl", "model.arch": arch(gate), "hrl.alpha": alpha,
                                                  "hrl.init_checkpoint": str(checkpoints[gate][0])}), splits=splits)
         engine.train(BASE["hrl.iterations"])
@@ -82,9 +84,9 @@ def test_sp_is_as_accurate_as_the_plain_resnet_and_executes_most_blocks(sp_runs,
 @pytest.mark.slow
 @pytest.mark.parametrize("gate", GATES)
 def test_a_mid_alpha_routes_harder_images_through_more_blocks(hrl_runs, gate):
-    run = hrl_runs[gate, MID_ALPHA]
+    run = hrl_runs[gate, MID_ALPHA[gate]]
     rho = spearmanr(run["difficulty"].numpy(), run["executed_blocks"].numpy()).correlation
-    print(f"{gate} alpha {MID_ALPHA}: val {run['val_top1']:.2f} % at {run['val_computation_pct']:.1f} %, "
+    print(f"{gate} alpha {MID_ALPHA[gate]}: val {run['val_top1']:.2f} % at {run['val_computation_pct']:.1f} %, "
           f"executed-FLOPs rho {run['val_difficulty_spearman']:.3f} (blocks {rho:.3f}), "
           f"{run['val_distinct_paths']} paths, skip ratios {run['val_skip_ratio']}")
     assert 30.0 <= run["val_computation_pct"] <= 70.0
@@ -96,12 +98,12 @@ def test_a_mid_alpha_routes_harder_images_through_more_blocks(hrl_runs, gate):
 
 @pytest.mark.slow
 def test_computation_falls_as_alpha_rises(hrl_runs):
-    low, mid = hrl_runs["recurrent", LOW_ALPHA], hrl_runs["recurrent", MID_ALPHA]
+    low, mid = hrl_runs["recurrent", LOW_ALPHA], hrl_runs["recurrent", MID_ALPHA["recurrent"]]
     assert low["val_computation_pct"] > mid["val_computation_pct"] + 5.0
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("key", [(g, MID_ALPHA) for g in GATES] + [("recurrent", LOW_ALPHA)])
+@pytest.mark.parametrize("key", [(g, MID_ALPHA[g]) for g in GATES] + [("recurrent", LOW_ALPHA)])
 def test_a_threshold_sweep_is_a_curve_not_a_step(hrl_runs, key):
     curve = hrl_runs[key]["curve"]
     levels = sorted(v for k, v in curve.items() if k.endswith("/val_computation_pct"))

@@ -80,6 +80,9 @@ class SkipResNet(nn.Module):
                  gate: GateSpec | None = None, mode: GateMode | str = GateMode.HARD,
                  temperature: float = 1.0) -> None:
         super().__init__()
+        # one draw from the global generator seeds the initialisation (init_weights: the same
+        # seed gives the same network weights for every gate, and for the plain ResNet)
+        init_generator = torch.Generator().manual_seed(int(torch.randint(0, 2 ** 62, (1,))))
         if len(widths) != len(layers):
             raise ConfigError("model.widths", list(widths), f"a list of {len(layers)} widths")
         if num_classes < 1:
@@ -118,7 +121,8 @@ class SkipResNet(nn.Module):
         else:
             self.control = None
         self.fc = nn.Linear(self.block_info[-1].out_planes, num_classes)
-        init_weights(self)
+        gates = [g for _, _, g in self._plan if g is not None] + ([self.control] if self.control is not None else [])
+        init_weights(self, gates, init_generator)
 
     # -- structure ------------------------------------------------------------------------
     @property

@@ -23,6 +23,7 @@ from skipnet.core.data import DataSplits, build_splits, train_batches
 from skipnet.core.executor import at_threshold
 from skipnet.core.flops import block_costs
 from skipnet.core.models import GateMode, create_model
+from skipnet.core.models.gates import start_executing
 from skipnet.core.train.evaluate import evaluate, threshold_curve
 from skipnet.core.train.steps import StepMetrics, hrl_step, supervised_step
 from skipnet.errors import CheckpointError, ConfigError
@@ -49,6 +50,14 @@ def parameter_groups(model: torch.nn.Module, lr: float, gate_lr_scale: float) ->
     return groups
 
 
+def lr_factor(iteration: int, milestones: tuple[int, ...], decay: float, warmup: int) -> float:
+    """The learning rate of ``iteration`` (0-based) as a fraction of the stage's ``lr``: a linear
+    warm-up over the first ``warmup`` iterations (``sp.lr_warmup``), times ``decay`` for each
+    milestone reached (step decay)."""
+    ramp = min(1.0, (iteration + 1) / warmup) if warmup else 1.0
+    return ramp * decay ** sum(m <= iteration for m in milestones)
+
+
 class Engine:
     """Train and evaluate one configuration; see the module docstring."""
 
@@ -66,6 +75,8 @@ class Engine:
         self.stage_index = 0
         self.iteration = 0                      # within the current stage
         self.model = self._build_model()
+        if self.stages[0] == "sp" and cfg.sp.gate_init_prob is not None:
+            start_executing(self.model, cfg.sp.gate_init_prob)
         self.costs = block_costs(self.model, (self.splits.image_size, self.splits.image_size))
         self._enter_stage(load_init=load_init)
 
@@ -116,12 +127,17 @@ class Engine:
             self.model.mode = GateMode(cfg.model.mode)
         self.optimizer = torch.optim.SGD(parameter_groups(self.model, sc.lr, sc.gate_lr_scale), lr=sc.lr,
                                          momentum=sc.momentum, weight_decay=sc.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, list(sc.lr_milestones), sc.lr_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda i: self._lr_factor(i))
         fp16 = self.on_cuda and cfg.amp and not torch.cuda.is_bf16_supported()
         self.scaler = torch.amp.GradScaler("cuda") if fp16 else None
         self._batches = None
 
     # -- training -----------------------------------------------------------------------------
+    def _lr_factor(self, iteration: int) -> float:
+        sc = self.stage_cfg
+        warmup = sc.lr_warmup_iterations if self.stage != "hrl" else 0
+        return lr_factor(iteration, tuple(sc.lr_milestones), sc.lr_decay, warmup)
+
     @property
     def done(self) -> bool:
         return self.stage_index == len(self.stages) - 1 and self.iteration >= self.stage_cfg.iterations
@@ -199,10 +215,9 @@ class Engine:
         if lr is not None:
             section = "hrl" if self.stage == "hrl" else "sp"
             self.cfg = dataclasses.replace(self.cfg, **{section: dataclasses.replace(self.stage_cfg, lr=lr)})
-            sc = self.stage_cfg
-            decay = sc.lr_decay ** sum(m <= self.iteration for m in sc.lr_milestones)
+            factor = self._lr_factor(self.iteration)
             for group in self.optimizer.param_groups:
-                group["lr"], group["initial_lr"] = lr * group["lr_scale"] * decay, lr * group["lr_scale"]
+                group["lr"], group["initial_lr"] = lr * group["lr_scale"] * factor, lr * group["lr_scale"]
             self.scheduler.base_lrs = [group["initial_lr"] for group in self.optimizer.param_groups]
 
     # -- evaluation ---------------------------------------------------------------------------
