@@ -1,5 +1,5 @@
 """What SP then HRL learn on the synthetic data set in a short CPU run, with the default recipe,
-for both gate types (a SkipNet-20 at the quickstart's settings):
+for both gate types (a SkipNet-20 at quickstart size: its SP, HRL 200 iterations):
 
 * SP is within 3 points of the plain ResNet trained the same way, executing most blocks;
 * at a mid alpha HRL routes: computation between 30 % and 70 %, and harder images (the data
