@@ -91,9 +91,9 @@ def init_weights(model: nn.Module, gates: Sequence[nn.Module] = (),
     synthetic set at difficulty 0.4-1: the same seed gave the recurrent SkipNet-20 blocks that
     stayed on the loss plateau through SP's warm-up, 84.8 % against the plain ResNet's 99.8 %).
     """
-    in_gates = {id(m) for g in gates for m in g.modules()}
-    network = [m for m in model.modules() if id(m) not in in_gates]
-    for m in network + [m for g in gates for m in g.modules()]:
+    gate_modules = [m for g in gates for m in g.modules()]
+    in_gates = {id(m) for m in gate_modules}
+    for m in [m for m in model.modules() if id(m) not in in_gates] + gate_modules:
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu", generator=generator)
             if m.bias is not None:
