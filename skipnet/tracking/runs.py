@@ -405,18 +405,32 @@ def log_live_front(client: MlflowClient, front, files: list[Path], step: int) ->
 
 
 @contextlib.contextmanager
-def no_retries():
-    """MLflow HTTP requests inside the block are not retried (the client reads this per request)."""
-    key = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
-    saved = os.environ.get(key)
-    os.environ[key] = "0"
+def _retry_policy(max_retries: int, backoff_factor: int):
+    """MLflow HTTP requests inside the block use this retry policy (the client reads it per request)."""
+    settings = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(max_retries),
+                "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": str(backoff_factor)}
+    saved = {key: os.environ.get(key) for key in settings}
+    os.environ.update(settings)
     try:
         yield
     finally:
-        if saved is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = saved
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def no_retries():
+    """MLflow HTTP requests inside the block are not retried."""
+    return _retry_policy(0, 0)
+
+
+def brief_retries():
+    """MLflow HTTP requests inside the block are retried twice, within about 4 s: a blip is
+    ridden out, while a server that stops during a call costs seconds. The client's default
+    (7 retries, back-off 2 s doubling up to 120 s) waits about 4 minutes per request."""
+    return _retry_policy(2, 1)
 
 
 def experiment_name(client: MlflowClient, parent) -> str:

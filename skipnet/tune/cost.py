@@ -108,13 +108,14 @@ class Part:
         from mlflow.entities import Metric
         from mlflow.tracking import MlflowClient
 
-        from skipnet.tracking.runs import server_reachable
+        from skipnet.tracking.runs import brief_retries, server_reachable
         try:
             if not server_reachable(self.tracking_uri, timeout=2.0):
                 raise ConnectionError(f"no answer from {self.tracking_uri}")
             now = int(time.time() * 1000)
-            MlflowClient(tracking_uri=self.tracking_uri).log_batch(
-                self.parent_run_id, metrics=[Metric(k, float(totals[k]), now, 0) for k in METRICS])
+            with brief_retries():
+                MlflowClient(tracking_uri=self.tracking_uri).log_batch(
+                    self.parent_run_id, metrics=[Metric(k, float(totals[k]), now, 0) for k in METRICS])
         except Exception as e:                        # the ledger has it; the next part logs the sums again
             log.warning("could not log the search's cost to MLflow (%s); %s holds it", e, SEARCH_FILE)
 

@@ -31,7 +31,7 @@ from typing import Any
 
 from ray import tune
 
-from skipnet.tracking.runs import SearchTracker, completion_tags, result_tags, server_reachable
+from skipnet.tracking.runs import SearchTracker, brief_retries, completion_tags, result_tags, server_reachable
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +77,9 @@ class MLflowSearchCallback(tune.Callback):
     def _mirror(self, what: str, fn, *args) -> None:
         """Run ``fn`` unless MLflow is known to be down; a failure marks it down.
 
-        A server is probed first (2 s at most), so a stopped server costs seconds, not the
-        MLflow client's minutes of retries."""
+        A server is probed first (2 s at most) and ``fn``'s requests are retried briefly, so a
+        server that is stopped, or stops during ``fn``, costs seconds, not the MLflow client's
+        minutes of retries."""
         if self._offline_since is not None:
             now = time.monotonic()
             if now - self._last_probe < self.retry_s or not server_reachable(self.tracker_uri, timeout=2.0):
@@ -90,7 +91,8 @@ class MLflowSearchCallback(tune.Callback):
         try:
             if not server_reachable(self.tracker_uri, timeout=2.0):
                 raise ConnectionError(f"no answer from {self.tracker_uri}/health")
-            fn(*args)
+            with brief_retries():
+                fn(*args)
         except Exception as e:                       # never let bookkeeping fail the search
             self.missed += 1
             self._offline_since = self._last_probe = time.monotonic()

@@ -81,13 +81,14 @@ def end_killed(tracker, probe: bool = True) -> bool:
     if tracker is None:
         return False
     try:
-        from skipnet.tracking.runs import server_reachable
+        from skipnet.tracking.runs import brief_retries, server_reachable
         if probe and not server_reachable(tracker.uri, timeout=2.0):
             raise ConnectionError(f"no answer from {tracker.uri}")
-        for run in tracker.children():
-            if run.info.status == "RUNNING":
-                tracker.client.set_terminated(run.info.run_id, status="KILLED")
-        tracker.end_search("KILLED")
+        with brief_retries():
+            for run in tracker.children():
+                if run.info.status == "RUNNING":
+                    tracker.client.set_terminated(run.info.run_id, status="KILLED")
+            tracker.end_search("KILLED")
         return True
     except Exception as e:                   # the search's state is saved either way
         log.warning("could not mark the search's MLflow runs KILLED (%s); skipnet sync-mlflow can later", e)
