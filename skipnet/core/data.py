@@ -36,11 +36,8 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-import torchvision
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
-from torchvision import transforms as T
-from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader, make_dataset
 
 from skipnet.core.config import check_difficulty_range
 from skipnet.errors import ConfigError
@@ -133,6 +130,7 @@ class FolderImageDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, int]:
+        from torchvision.datasets.folder import default_loader
         if isinstance(key, tuple) and self.augment:
             path, label = self.samples[key[0]]
             with torch.random.fork_rng(devices=[]):
@@ -188,44 +186,35 @@ _LAYOUT = {
 }
 
 
-class _ExistenceCheck:
-    """Replaces torchvision's md5 verification by a file-existence check; parsing is unchanged."""
+def _torchvision_dataset(name: str) -> type:
+    """torchvision's class for cifar10 / cifar100 / svhn, checking that the files exist instead
+    of their md5 (parsing unchanged). torchvision is imported here and in the folder loaders, not
+    with this module: it loads ``torch._dynamo`` (about 3 s), which synthetic runs never need."""
+    import torchvision
 
-    root: str
-    base_folder: str
-    train_list: list[list[str]]
-    test_list: list[list[str]]
-
-    def _check_integrity(self) -> bool:
+    def files_exist(self) -> bool:
+        if name == "svhn":
+            return os.path.isfile(os.path.join(self.root, self.filename))
         files = [f for f, _ in self.train_list + self.test_list]
         return all(os.path.isfile(os.path.join(self.root, self.base_folder, f)) for f in files)
 
-
-class _CIFAR10(_ExistenceCheck, torchvision.datasets.CIFAR10):
-    meta = {**torchvision.datasets.CIFAR10.meta, "md5": None}  # md5 None: existence check only
-
-
-class _CIFAR100(_ExistenceCheck, torchvision.datasets.CIFAR100):
-    meta = {**torchvision.datasets.CIFAR100.meta, "md5": None}
-
-
-class _SVHN(torchvision.datasets.SVHN):
-    def _check_integrity(self) -> bool:
-        return os.path.isfile(os.path.join(self.root, self.filename))
+    base = {"cifar10": torchvision.datasets.CIFAR10, "cifar100": torchvision.datasets.CIFAR100,
+            "svhn": torchvision.datasets.SVHN}[name]
+    extra = {} if name == "svhn" else {"meta": {**base.meta, "md5": None}}     # md5 None: existence check only
+    return type(base.__name__, (base,), {"_check_integrity": files_exist, **extra})
 
 
 def _load_torchvision(name: str, root: str, download: bool
                       ) -> tuple[TensorImageDataset, TensorImageDataset]:
     """Official train and test sets of cifar10 / cifar100 / svhn, as in-memory tensors."""
-    out = []
+    out, cls = [], _torchvision_dataset(name)
     for train in (True, False):
         try:
             if name == "svhn":
-                svhn = _SVHN(root, split="train" if train else "test", download=download)
+                svhn = cls(root, split="train" if train else "test", download=download)
                 images, labels = torch.from_numpy(svhn.data), svhn.labels  # data is (N, 3, H, W)
                 classes = [str(i) for i in range(10)]
             else:
-                cls = _CIFAR10 if name == "cifar10" else _CIFAR100
                 cifar = cls(root, train=train, download=download)
                 images = torch.from_numpy(cifar.data).permute(0, 3, 1, 2)  # (N, H, W, 3) -> NCHW
                 labels, classes = cifar.targets, cifar.classes
@@ -238,6 +227,7 @@ def _load_torchvision(name: str, root: str, download: bool
 
 def _folder_transforms(image_size: int) -> tuple[Callable, Callable]:
     """ImageNet recipe: RandomResizedCrop + flip for training, Resize + CenterCrop for eval."""
+    from torchvision import transforms as T
     norm = [T.ToTensor(), T.Normalize(*_IMAGENET)]
     train = T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), *norm])
     resize = round(image_size * 256 / 224)  # 256 for 224, as in the ImageNet recipe
@@ -247,6 +237,8 @@ def _folder_transforms(image_size: int) -> tuple[Callable, Callable]:
 def _load_folders(name: str, root: str, image_size: int
                   ) -> tuple[FolderImageDataset, FolderImageDataset]:
     """train/ and the test tree (imagenet: val/; imagefolder: test/, else val/, else none)."""
+    import torchvision
+    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
     found = [os.path.join(root, d) for d in (("val",) if name == "imagenet" else ("test", "val"))
              if os.path.isdir(os.path.join(root, d))]
     if not os.path.isdir(os.path.join(root, "train")) or (name == "imagenet" and not found):
