@@ -10,13 +10,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import pytest
 
+from cli_server import CliServer
 from conftest import free_port
 
 pytestmark = pytest.mark.slow      # some 40 CLI processes, each importing torch, ray and mlflow
@@ -261,28 +261,37 @@ def inputs(tmp_path_factory) -> Path:
     return d
 
 
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+
+
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
-    return subprocess.run([sys.executable, "-m", "skipnet", *args], cwd=cwd, env=env,
+    """A fresh ``python -m skipnet`` process."""
+    return subprocess.run([sys.executable, "-m", "skipnet", *args], cwd=cwd, env=_env(),
                           capture_output=True, text=True, timeout=180)
 
 
 @pytest.fixture(scope="module")
-def results(request, inputs, tmp_path_factory):
-    """The selected cases, run three at a time (each process mostly imports torch, ray and
-    mlflow): the inputs' listing before any ran, ``{case id: (argv, working directory, future)}``."""
+def cli():
+    server = CliServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def results(request, inputs, cli, tmp_path_factory):
+    """The selected cases, each a process forked from the CLI server (``tests/cli_server.py``:
+    the imports, 6 s of each fresh process, paid once): the inputs' listing before any ran,
+    ``{case id: (argv, working directory, result)}``."""
     selected = [item.callspec.params["case"] for item in request.session.items
                 if item.module is request.module and "case" in getattr(getattr(item, "callspec", None), "params", {})]
     baseline = _listing(inputs)
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        runs = {}
-        for case in selected:
-            cwd = tmp_path_factory.mktemp(f"cwd-{case.id}")
-            args = case.args(inputs, free_port())     # nothing listens on a port just released
-            runs[case.id] = (args, cwd, pool.submit(_run, args, cwd))
-        yield baseline, runs
-        for *_, future in runs.values():
-            future.cancel()
+    runs = {}
+    for case in selected:
+        cwd = tmp_path_factory.mktemp(f"cwd-{case.id}")
+        args = case.args(inputs, free_port())     # nothing listens on a port just released
+        runs[case.id] = (args, cwd, cli.run(args, cwd, _env(), tmp_path_factory.mktemp(f"logs-{case.id}")))
+    return baseline, runs
 
 
 def test_the_table_is_large_and_covers_every_verb():
@@ -294,8 +303,7 @@ def test_the_table_is_large_and_covers_every_verb():
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input_is_one_line_exit_2_nothing_written(case, inputs, results):
     baseline, runs = results
-    args, cwd, future = runs[case.id]
-    result = future.result()
+    args, cwd, result = runs[case.id]
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2, result.stderr[-3000:]
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
@@ -305,3 +313,21 @@ def test_bad_input_is_one_line_exit_2_nothing_written(case, inputs, results):
     assert result.stdout == ""
     assert _listing(cwd) == [], "files created in the working directory"
     assert _listing(inputs) == baseline, "files created next to the inputs"
+
+
+FRESH = ("train-malformed-yaml", "train-gate-threshold-above-1", "eval-truncated-checkpoint",
+         "search-unreachable-mlflow", "space-quoted-number", "export-two-selections", "submit-env-not-set")
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.id in FRESH], ids=lambda c: c.id)
+def test_a_forked_command_is_the_command(case, inputs, cli, tmp_path):
+    """The server's forked child and a fresh ``python -m skipnet`` give the same exit status,
+    output and error line (a sample of the table: one case per verb family)."""
+    args = case.args(inputs, free_port())
+    (tmp_path / "fresh").mkdir()
+    (tmp_path / "forked").mkdir()
+    (tmp_path / "logs").mkdir()
+    fresh = _run(args, tmp_path / "fresh")
+    forked = cli.run(args, tmp_path / "forked", _env(), tmp_path / "logs")
+    assert (forked.returncode, forked.stdout, forked.stderr) == (fresh.returncode, fresh.stdout, fresh.stderr)
+    assert _listing(tmp_path / "fresh") == _listing(tmp_path / "forked") == []
