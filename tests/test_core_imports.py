@@ -8,6 +8,13 @@ import sys
 PACKAGES = ["skipnet.core", "skipnet.fronts"]
 
 
+def python(code: str) -> str:
+    """``code``'s standard output in a fresh interpreter, which must succeed."""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
 def test_core_imports_without_ray_mlflow_optuna():
     code = ("import sys, importlib, pkgutil\n"
             "for banned in ('ray', 'mlflow', 'optuna'):\n"
@@ -20,9 +27,7 @@ def test_core_imports_without_ray_mlflow_optuna():
             "for name in names:\n"
             "    importlib.import_module(name)\n"
             "print(len(names))\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert int(result.stdout.split()[-1]) >= 20          # every module of both, not just the packages
+    assert int(python(code).split()[-1]) >= 20          # every module of both, not just the packages
 
 
 def test_a_synthetic_run_and_a_search_worker_never_import_torchvision():
@@ -38,6 +43,5 @@ def test_a_synthetic_run_and_a_search_worker_never_import_torchvision():
             "engine.train(1)\n"
             "engine.evaluate('val')\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torchvision'))\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.split("\n")[-2] == "[]", result.stdout[-2000:]
+    output = python(code)
+    assert output.splitlines()[-1] == "[]", output[-2000:]
