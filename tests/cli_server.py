@@ -10,7 +10,8 @@ children start as a PyTorch DataLoader's forked workers do (the libraries' own n
 threads, such as jemalloc's, have fork handlers).
 
 ``tests/test_bad_input.py`` runs its table through it; ``test_a_forked_command_is_the_command``
-there checks, case by case, that a fresh ``python -m skipnet`` gives the same result.
+there checks, on a sample of the rows, that a fresh ``python -m skipnet`` gives the same
+exit status, stdout and stderr.
 
 Run as a script it serves JSON requests on stdin, one a line: ``{"args", "cwd", "env",
 "stdout", "stderr"}``; it answers each with one line, ``{"returncode": N}``.

@@ -1,6 +1,8 @@
 """Malformed input through the real command line, one table row per case.
 
-Every row runs ``python -m skipnet ...`` in a fresh, empty working directory and must end with
+Every row runs ``python -m skipnet ...`` (a process forked from ``tests/cli_server.py``, which
+imports once what each fresh process would; a sample of rows also runs fresh and must give the
+same result) in a fresh, empty working directory and must end with
 exit code 2, exactly one line on stderr that names the offending field and what it accepts, no
 traceback, and nothing written: neither in the working directory (no ``runs/``, ``mlflow.db``,
 output directory) nor next to the input files. The inputs live in a separate directory.
@@ -19,7 +21,7 @@ import pytest
 from cli_server import CliServer
 from conftest import free_port
 
-pytestmark = pytest.mark.slow      # some 40 CLI processes, each importing torch, ray and mlflow
+pytestmark = pytest.mark.slow      # some 70 CLI processes (7 fresh ones importing torch, ray and mlflow)
 
 TRAIN = """\
 data: {name: synthetic, synthetic_size: 200, synthetic_test_size: 50, val_size: 20}
