@@ -14,10 +14,13 @@ from skipnet.core.checkpoint import read_checkpoint
 
 pytestmark = pytest.mark.slow      # trains, kills and resumes real processes
 
+# one batch of 10 images per evaluation (an evaluation of 100 images after every iteration took
+# most of the 95 s a run lasted); ResNet-110 so that a checkpoint write lasts long enough to be hit
 TINY = ["--set", "data.synthetic_size=600", "--set", "data.synthetic_test_size=100", "--set", "data.val_size=100",
-        "--set", "sp.iterations=40", "--set", "hrl.iterations=10", "--set", "sp.batch_size=8",
+        "--set", "sp.iterations=24", "--set", "hrl.iterations=10", "--set", "sp.batch_size=8",
         "--set", "hrl.batch_size=8", "--set", "sp.eval_every=1", "--set", "hrl.eval_every=5",
-        "--set", "sp.lr_milestones=[]", "--set", "eval.max_batches=1", "--set", "threads=1", "--set", "model.arch=cifar10_rnn_gate_110", "--quiet"]
+        "--set", "sp.lr_milestones=[]", "--set", "eval.max_batches=1", "--set", "eval.batch_size=10",
+        "--set", "threads=1", "--set", "model.arch=cifar10_rnn_gate_110", "--quiet"]
 
 
 def train(out, *extra, **kw):
