@@ -36,8 +36,9 @@ ACTIVATE = Path(sys.executable).parent / "activate"
 README_IDS = {"quickstart": "quickstart-20261125-013429"}      # the ids the README shows
 NEEDS_MORE = ("--address", ".pth.tar", "cifar10", "imagenet", "submit", "JOB_ID")   # cluster, data, authors' files
 SHRINK = {"data.synthetic_size": 800, "data.synthetic_test_size": 100, "data.val_size": 100,
-          "sp.batch_size": 32, "sp.iterations": 40, "sp.lr_milestones": [30], "sp.eval_every": 20,
-          "sp.gate_warmup": 10, "hrl.batch_size": 32, "hrl.iterations": 20, "hrl.eval_every": 10}
+          "sp.batch_size": 32, "sp.iterations": 20, "sp.lr_milestones": [15], "sp.eval_every": 10,
+          "sp.gate_warmup": 5, "hrl.batch_size": 32, "hrl.iterations": 10, "hrl.eval_every": 5}
+STEP = 5                 # HRL iterations a search trial reports after: two reports, as the files have
 THRESHOLDS = ("--max-computation", "--min-accuracy")     # may find no trial in a search this small
 
 
@@ -72,8 +73,8 @@ def shrink(path: Path) -> None:
         section, key = dotted.split(".")
         if key in train.get(section, {}) or dotted in ("sp.gate_warmup", "data.val_size"):
             train.setdefault(section, {})[key] = value
-    if "budget" in data:       # two HRL reports per trial: 20 iterations in steps of 10
-        data["budget"] = {"iterations_per_step": 10, "max_steps": 2}
+    if "budget" in data:       # two HRL reports per trial, as in the shipped files
+        data["budget"] = {"iterations_per_step": STEP, "max_steps": SHRINK["hrl.iterations"] // STEP}
     for key, spec in data.get("search_space", {}).items():     # half the grid: 2 gate costs, not 4
         if isinstance(spec, dict) and spec.get("type") == "grid" and key == "hrl.alpha":
             spec["values"] = spec["values"][1::2]
