@@ -46,7 +46,8 @@ def searches(mlflow_server, tmp_path_factory):
         init_ray(None, num_cpus=2)
         try:
             fifo = run_search(experiment(tmp, mlflow_server["url"], "front-fifo", num_samples=5,
-                                         train=dict(TINY_TRAIN, eval={"batch_size": 100}),     # default sweep
+                                         train=dict(TINY_TRAIN, model={"arch": "cifar10_rnn_gate_38"},   # authors' name
+                                                    eval={"batch_size": 100}),     # default sweep
                                          budget={"iterations_per_step": 2, "max_steps": 4}))
             space = dict(SPACE, **{"hrl.alpha": {"type": "loguniform", "low": 1e-2, "high": 10.0}})
             mo = run_search(experiment(tmp, mlflow_server["url"], "front-moasha", num_samples=8,

@@ -51,7 +51,7 @@ def test_search_in_s3_resumed_synced_exported_and_reproduced(tmp_path, mlflow_se
     env = dict(os.environ, **s3["env"])
     prefix = f"s3://{s3['bucket']}/{tmp_path.name}"
     init = f"{prefix}/init/sp.pt"
-    save_checkpoint(create_model("cifar10_rnn_gate_38"), tmp_path / "sp.pt")
+    save_checkpoint(create_model(TINY_TRAIN["model"]["arch"]), tmp_path / "sp.pt")
     upload(tmp_path / "sp.pt", init)
     train = dict(TINY_TRAIN, stage="hrl", hrl=dict(TINY_TRAIN["hrl"], iterations=2 * STEPS, init_checkpoint=init))
     exp = write_experiment(tmp_path / "exp.yaml", "s3-storage", mlflow_server["url"], f"{prefix}/searches",
