@@ -25,7 +25,7 @@ from skipnet.tune.runner import run_search
 from skipnet.tune.trainable import weights_digest
 
 # A SkipNet-20: the search tests check mechanics, not what is learnt, and a trial of the
-# ResNet-38 took twice the compute (5.1 s against 2.3 s of training and evaluation, one thread).
+# ResNet-38 took about twice the compute (4.4-5.1 s against 2.3-2.7 s of training and evaluation, one thread).
 # test_fronts_export's FIFO search keeps an authors' name (cifar10_rnn_gate_38).
 TINY_TRAIN = {
     "stage": "pipeline", "model": {"arch": "cifar10_skipnet_20_recurrent"},
