@@ -1,10 +1,32 @@
-"""Shared fixtures. Torch runs single-threaded per test process to keep timings stable on 2 cores."""
+"""Shared fixtures. Torch runs two threads at most per test process, waiting passively."""
 import os
+from pathlib import Path
 
 import pytest
+
+# skipnet before torch: it sets OMP_WAIT_POLICY=passive, which libgomp reads once, when torch loads
+# it (skipnet/core/threads.py). Imported the other way round, the two threads spin at every barrier:
+# test_engine's resume tests took 61 s beside two busy loops against 28 s passive.
+import skipnet  # noqa: F401
 import torch
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+# Ray starts its workers at nice 15. Under ``-n 2`` a trial then gets a few percent of a core
+# while the other pytest worker trains at nice 0 (the MO-PBT search of test_search took 542 s
+# beside two training processes against 69 s alone): every Ray process the tests start
+# (``ray.init``, ``ray start`` nodes, the CLI's searches) inherits this and competes as an equal.
+os.environ.setdefault("RAY_worker_niceness", "0")
+
+TESTS = Path(__file__).resolve().parent
+#: The longest files first (seconds under ``-n 2 --dist loadfile``, from ``--durations``):
+#: pytest-xdist hands files out in collection order (``--no-loadscope-reorder`` in pyproject),
+#: so the long ones start early and the short ones fill the gaps at the end, instead of a worker
+#: finishing alone with a long file (longest-processing-time-first). The rest keep their order.
+LONGEST_FIRST = ("train/test_learning.py", "tune/test_search.py", "tune/test_fronts_export.py", "test_readme.py",
+                 "tune/test_multinode.py", "tune/test_faults.py", "tune/test_s3_storage.py", "tune/test_cluster.py",
+                 "train/test_engine.py", "tune/test_sharing.py", "test_cli_train.py", "models/test_registry.py",
+                 "test_bad_input.py", "tune/test_live_front.py", "train/test_killed_write.py")
 
 
 #: Fixtures that start Ray or a server: every test using one is in the slow tier. The fast tier
@@ -17,6 +39,8 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.relative_to(TESTS).as_posix(), len(rank)))    # stable
 
 
 @pytest.fixture(autouse=True)
@@ -49,7 +73,11 @@ class MLflowServer:
         self.log = open(self.root / "server.log", "a")
         self.proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
                                       f"sqlite:///{self.root}/mlflow.db", "--artifacts-destination", str(self.artifacts),
-                                      "--host", "127.0.0.1", "--port", str(self.port)],
+                                      "--host", "127.0.0.1", "--port", str(self.port),
+                                      # one worker process: the default 4 each import MLflow (about 10 s
+                                      # of CPU and 2.6 s of start-up per server, measured); the tests'
+                                      # handful of concurrent clients do not need them
+                                      "--workers", "1"],
                                      stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
                                      # no job runner: registering its periodic tasks stalled the server
                                      # for ~35 s some 2 minutes after start (measured); the tests run no jobs
