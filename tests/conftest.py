@@ -40,12 +40,13 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=_file_rank)        # stable: a file's tests, and the files not named, keep their order
 
-    def file_rank(item) -> int:
-        path = item.path
-        return rank.get(path.relative_to(TESTS).as_posix(), len(rank)) if path.is_relative_to(TESTS) else len(rank)
-    items.sort(key=file_rank)         # stable: a file's tests, and the files not named, keep their order
+
+def _file_rank(item) -> int:
+    """An item's place in ``LONGEST_FIRST``; after them all when its file is not named."""
+    name = item.path.relative_to(TESTS).as_posix() if item.path.is_relative_to(TESTS) else None
+    return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
 
 
 @pytest.fixture(autouse=True)
