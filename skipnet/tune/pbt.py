@@ -22,6 +22,8 @@
   may finish its HRL early), so every trial reports steps 1, 2, ... without gaps or repeats.
 - **Perturbations stay in the search space** (:class:`WithinBounds`, the runner's
   ``custom_explore_fn``): Ray multiplies by 0.8 or 1.2 without clipping.
+- **A paused member's actor stays warm** (:class:`PopulationGenerator`, the runner's searcher
+  for PBT): the next member to train takes it over through ``reset_config``.
 
 ``MOPBT`` (Dushatskiy et al., "Multi-Objective Population Based Training", ICML 2023) orders the
 members by non-dominated rank over (val_top1 max, val_computation_pct min) and, within a rank,
@@ -41,6 +43,7 @@ import numpy as np
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import PopulationBasedTraining
 from ray.tune.schedulers.pbt import _FutureTrainingResult
+from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from skipnet.fronts import pareto
 
@@ -195,6 +198,49 @@ class MOPBT(SkipNetPBT):
         ranked = [t for t in trials if self._trial_state[t].last_score is not None]
         ends = {ranked[i] for i in front_ends(np.array([self._point(t) for t in ranked]), self.modes)}
         return [t for t in lower if t not in ends], upper
+
+
+class PopulationGenerator(BasicVariantGenerator):
+    """Tune's variant generator for a PBT population: finished when every member is, not when
+    every member has been handed out.
+
+    Why: Tune 2.60 treats a finished search algorithm as "no trial will need an actor again"
+    and, at the end of each step where no trial is staged, kills every cached actor
+    (``TuneController._cleanup_cached_actors``). A population is handed out whole at the start,
+    so each member that paused at a perturbation lost its warm actor, and the next member
+    waited for a fresh one (a new process: Ray, torch and the trainable imported again, about
+    5 s of CPU here; on a GPU a new CUDA context). When a step is shorter than that start, a
+    still-running member finished first, took the next member over, and the new actor was
+    dropped: measured on test_search's MO-PBT (6 members, 2 CPUs), after the first perturbation
+    every member trained alone on one actor while a second one started and was dropped each
+    round. A resumed search's members come back from Tune's experiment state, not from here:
+    it runs as Tune alone runs it (checked by hand: an MO-PBT stopped by SIGINT mid-population
+    resumes and ends with every member at its last step)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._members: list[Trial] = []
+
+    def next_trial(self) -> Trial | None:
+        if super().is_finished():
+            return None
+        trial = super().next_trial()
+        if trial is not None:
+            self._members.append(trial)
+        return trial
+
+    def is_finished(self) -> bool:
+        return super().is_finished() and all(t.is_finished() for t in self._members)
+
+    def get_state(self) -> dict | bool:
+        state = super().get_state()
+        if isinstance(state, dict):
+            state.pop("_members", None)              # trials live in Tune's experiment state
+        return state
+
+    def set_state(self, state: dict) -> None:
+        super().set_state(state)
+        self._members = []
 
 
 class WithinBounds:

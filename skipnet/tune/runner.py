@@ -170,10 +170,13 @@ def _search(exp: ExperimentConfig, space: SearchSpace) -> tuple[Any, dict[str, A
     # seeded, a search samples the same trials under every scheduler and on every run.
     import numpy as np
     from ray.tune.search.basic_variant import BasicVariantGenerator
-    # PBT needs its whole population from the start (resources decide how many members run)
-    limit = 0 if exp.scheduler.type in PBT_TYPES else exp.max_concurrent_trials
-    return (BasicVariantGenerator(max_concurrent=limit, random_state=np.random.default_rng(exp.seed)),
-            to_tune_space(space))
+    rng = np.random.default_rng(exp.seed)
+    if exp.scheduler.type in PBT_TYPES:
+        # the whole population from the start (resources decide how many members run), and a
+        # paused member's actor kept for the next one
+        from skipnet.tune.pbt import PopulationGenerator
+        return PopulationGenerator(max_concurrent=0, random_state=rng), to_tune_space(space)
+    return BasicVariantGenerator(max_concurrent=exp.max_concurrent_trials, random_state=rng), to_tune_space(space)
 
 
 def _limits_itself(search_alg) -> bool:

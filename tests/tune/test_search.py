@@ -283,6 +283,22 @@ def test_mopbt_exploits_by_pareto_rank_and_keeps_a_spread_front(mopbt, mlflow_se
         assert line.endswith(f"(same point: {' '.join(others)})") if others else "same point" not in line, line
 
 
+def test_mopbt_members_keep_training_side_by_side_on_the_two_warm_actors(mopbt):
+    """Each member that pauses at a perturbation hands its actor to the next member (Tune's
+    ``reset_config``): the population trains on as many actors as CPUs, two at a time, to the
+    end. Tune 2.60 alone killed a paused member's actor whenever no other member was staged
+    (its search algorithm counts as finished once it handed out the population): here every
+    round after the first then trained on one actor, one member at a time, while a second one
+    started and was dropped (``skipnet.tune.pbt.PopulationGenerator``)."""
+    results = trial_results(mopbt)
+    rounds: dict[int, set[int]] = {}
+    for rows in results.values():
+        for row in rows:
+            rounds.setdefault(row["training_iteration"], set()).add(row["pid"])
+    assert len(set().union(*rounds.values())) == 2, rounds      # two actors for the whole search
+    assert all(len(pids) == 2 for pids in rounds.values()), rounds
+
+
 def final_values(rows) -> tuple[float, float]:
     """(alpha, lr) a trial ended with: what its last report was trained with."""
     last = json.loads(rows[-1]["hyperparameter_schedule"])[-1]
