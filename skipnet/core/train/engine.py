@@ -25,6 +25,7 @@ from skipnet.core.flops import block_costs
 from skipnet.core.models import GateMode, create_model
 from skipnet.core.models.gates import start_executing
 from skipnet.core.train.evaluate import evaluate, threshold_curve
+from skipnet.core.train.optim import SGD
 from skipnet.core.train.steps import StepMetrics, hrl_step, supervised_step
 from skipnet.errors import CheckpointError, ConfigError
 
@@ -125,8 +126,8 @@ class Engine:
                     raise CheckpointError(f"hrl.init_checkpoint: {e}") from None
         elif self.model.gate_spec is not None:
             self.model.mode = GateMode(cfg.model.mode)
-        self.optimizer = torch.optim.SGD(parameter_groups(self.model, sc.lr, sc.gate_lr_scale), lr=sc.lr,
-                                         momentum=sc.momentum, weight_decay=sc.weight_decay)
+        self.optimizer = SGD(parameter_groups(self.model, sc.lr, sc.gate_lr_scale), lr=sc.lr,
+                             momentum=sc.momentum, weight_decay=sc.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda i: self._lr_factor(i))
         fp16 = self.on_cuda and cfg.amp and not torch.cuda.is_bf16_supported()
         self.scaler = torch.amp.GradScaler("cuda") if fp16 else None
