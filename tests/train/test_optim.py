@@ -33,8 +33,8 @@ def _schedule(optimizer: torch.optim.Optimizer):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 0.5 ** (i // 3))
 
 
-@pytest.mark.parametrize("kwargs", [{"momentum": 0.9, "weight_decay": 1e-4}, {"momentum": 0.9, "nesterov": True},
-                                    {}])
+@pytest.mark.parametrize("kwargs", [{"momentum": 0.9, "weight_decay": 1e-4}, {"momentum": 0.9, "nesterov": True}, {},
+                                    {"momentum": 0.9, "foreach": True}])      # foreach: CUDA's default path
 def test_the_same_updates_and_state_as_torch_sgd(kwargs):
     ours, theirs = _net(), _net()
     mine, reference = SGD(_groups(ours), lr=0.1, **kwargs), torch.optim.SGD(_groups(theirs), lr=0.1, **kwargs)
