@@ -15,24 +15,30 @@ from typing import Any, Callable
 
 import torch
 
-_Optimizer = torch.optim.Optimizer
+# the functions under torch's wrappers, resolved once: what the wrappers add is the import (and, for
+# step, the grad mode that SGD.step below sets)
+_add_param_group = inspect.unwrap(torch.optim.Optimizer.add_param_group)
+_zero_grad = inspect.unwrap(torch.optim.Optimizer.zero_grad)
+_state_dict = inspect.unwrap(torch.optim.Optimizer.state_dict)
+_load_state_dict = inspect.unwrap(torch.optim.Optimizer.load_state_dict)
+_sgd_step = inspect.unwrap(torch.optim.SGD.step)
 
 
 class SGD(torch.optim.SGD):
     """``torch.optim.SGD``, same arguments and results; see the module docstring."""
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        inspect.unwrap(_Optimizer.add_param_group)(self, param_group)
+        _add_param_group(self, param_group)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        inspect.unwrap(_Optimizer.zero_grad)(self, set_to_none)
+        _zero_grad(self, set_to_none)
 
     def state_dict(self) -> dict[str, Any]:
-        return inspect.unwrap(_Optimizer.state_dict)(self)
+        return _state_dict(self)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        inspect.unwrap(_Optimizer.load_state_dict)(self, state_dict)
+        _load_state_dict(self, state_dict)
 
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         with torch.no_grad():
-            return inspect.unwrap(torch.optim.SGD.step)(self, closure)
+            return _sgd_step(self, closure)
