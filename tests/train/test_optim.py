@@ -41,7 +41,7 @@ def test_the_same_updates_and_state_as_torch_sgd(kwargs):
     _steps(ours, mine, _schedule(mine), 7, seed=1)
     _steps(theirs, reference, _schedule(reference), 7, seed=1)
     for a, b in zip(ours.parameters(), theirs.parameters()):
-        assert torch.equal(a, b) and a.grad_fn is None
+        assert torch.equal(a, b)        # (an in-place update outside no_grad would have raised)
     state, reference_state = mine.state_dict(), reference.state_dict()
     assert state["param_groups"] == reference_state["param_groups"]
     assert state["state"].keys() == reference_state["state"].keys()
