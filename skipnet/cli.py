@@ -309,6 +309,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from skipnet.tune.runner import resume_search
     summary = resume_search(args.path, address=args.address)
     _end_ray()
+    if summary.finished_already:
+        print(f"skipnet resume: {summary.search_id} had already finished: nothing left to train; its summary "
+              "follows", file=sys.stderr)
     _print_summary(summary)
     return _search_status(summary, "resume")
 

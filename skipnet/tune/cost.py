@@ -120,6 +120,13 @@ class Part:
             log.warning("could not log the search's cost to MLflow (%s); %s holds it", e, SEARCH_FILE)
 
 
+def last_part_ended(meta: dict[str, Any]) -> str | None:
+    """How the last part in a search's ``skipnet_search.json`` (``meta``) ended: ``finished``,
+    ``stopped``, ``failed``, ``running`` (its driver was killed outright), or None before any."""
+    parts = (meta.get("cost") or {}).get("parts") or []
+    return parts[-1].get("ended") if parts else None
+
+
 _current: dict[str, Part | None] = {"part": None}
 
 

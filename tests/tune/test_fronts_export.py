@@ -22,6 +22,7 @@ from conftest import MLflowServer
 from skipnet.export import export_document, reproducing_config, write_export
 from skipnet.fronts import analysis, pareto
 from skipnet.tracking import runs, ui
+from skipnet.tune import runner
 from skipnet.tune.runner import init_ray, resume_search, run_search
 from skipnet.tune.sync import sync_mlflow
 from test_live_front import assert_front_shown
@@ -207,6 +208,10 @@ def assert_unchanged(after, before):
             assert after[rid][field] == value, (rid, field)
 
 
+def rows_by_trial(summary) -> dict[str, dict]:
+    return {row["trial_id"]: row for row in summary.trials}
+
+
 def test_sync_and_resume_of_finished_searches_change_nothing(searches, mlflow_server, monkeypatch):
     """On searches the callback logged whole, sync-mlflow (twice: PATH relative, as typed in the
     directory above the search, then absolute) and a resume leave every run as it was: status,
@@ -222,8 +227,11 @@ def test_sync_and_resume_of_finished_searches_change_nothing(searches, mlflow_se
         patch.chdir(searches["tmp"])
         assert sync_mlflow(os.path.relpath(fifo.path, searches["tmp"])) == nothing
     assert sync_mlflow(fifo.path) == nothing and sync_mlflow(mo.path) == nothing
-    resumed = resume_search(fifo.path)
-    assert resumed.errors == 0 and len(resumed.trials) == len(fifo.trials)
+    with monkeypatch.context() as patch:         # a finished search is read from its storage: no Ray, no Tune run
+        patch.setattr(runner, "init_ray", lambda *a, **k: pytest.fail("resuming a finished search started Ray"))
+        resumed = resume_search(fifo.path)
+    assert resumed.finished_already and resumed.errors == 0
+    assert rows_by_trial(resumed) == rows_by_trial(fifo)
     assert_unchanged(mlflow_record(client, (fifo, mo), mlflow_server["artifacts"]), before)
 
 

@@ -2,6 +2,7 @@
 import dataclasses
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from skipnet.fronts.pareto import is_pareto_front
 from skipnet.tracking import runs, ui
 from skipnet.tune.experiment import ExperimentConfig
 from skipnet.tune.pbt import DECISIONS_FILE, front_ends, population_order
-from skipnet.tune.runner import run_search
+from skipnet.tune.runner import finished_search, read_search_meta, run_search
 from skipnet.tune.trainable import weights_digest
 
 # A SkipNet-20: the search tests check mechanics, not what is learnt, and a trial of the
@@ -78,6 +79,41 @@ def experiment(tmp_path, tracking_uri, name, **over):
 def children(client, summary):
     return client.search_runs(client.get_experiment_by_name(summary.search_id.rsplit("-", 2)[0]).experiment_id,
                               filter_string=f"tags.`mlflow.parentRunId` = '{summary.parent_run_id}'")
+
+
+def ray_workers_below(pid: int) -> list[str]:
+    """The command lines of the Ray worker processes among ``pid``'s descendants (Linux /proc):
+    a worker starts as ``python .../default_worker.py`` and names itself ``ray::IDLE`` until it
+    runs a task or an actor."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (ValueError, OSError):
+            continue
+    below, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - below
+        below |= frontier
+    workers = []
+    for child in below:
+        try:
+            argv = (Path("/proc") / str(child) / "cmdline").read_bytes().decode().split("\0")
+        except OSError:
+            continue
+        if argv[0].startswith("ray::IDLE") or (len(argv) > 1 and argv[1].endswith("default_worker.py")):
+            workers.append(" ".join(argv))
+    return workers
+
+
+def test_a_local_ray_starts_no_idle_workers(local_ray):
+    """Ray prestarts one worker per CPU for the first driver unless told not to; Tune's trial
+    actors never use them (first in this module: the fixture's Ray has run nothing yet)."""
+    import time
+    deadline = time.monotonic() + 3.0            # prestarted workers appear within a second of ray.init
+    while time.monotonic() < deadline:
+        assert ray_workers_below(os.getpid()) == []
+        time.sleep(0.2)
 
 
 def test_asha_search_through_mlflow_server(tmp_path, mlflow_server, local_ray):
@@ -447,3 +483,5 @@ def test_failed_trial_is_listed_with_its_error_and_the_search_exits_1(tmp_path, 
     assert "search failed-trial-" in out and "front:" in out           # the rest of the summary is there
     client = MlflowClient(mlflow_server["url"])
     assert sorted(r.info.status for r in children(client, summary)) == ["FAILED", "FINISHED"]
+    # finished, but with a failed trial: a resume goes through Tune, which retries that trial
+    assert finished_search(summary.path, *read_search_meta(summary.path)) is None

@@ -9,6 +9,7 @@ from ray.tune import ExperimentAnalysis
 
 from skipnet.core.config import flatten, load_train_config
 from skipnet.core.train import Engine
+from skipnet.tune import runner
 from skipnet.tune.runner import run_search, search_cost
 from skipnet.tune.sharing import plan_sharing, read_sp_state, sp_key
 from skipnet.tune.spaces import SearchSpace
@@ -96,6 +97,16 @@ def test_mlflow_shows_the_lineage_and_the_cost(shared, mlflow_server):
     # the live front's steps are compute spent, the SP phase's included: the last one is the whole cost
     steps = [m.step for m in client.get_metric_history(summary.parent_run_id, "pareto_hypervolume_pct")]
     assert steps and min(steps) > 2 * SP_ITERATIONS and max(steps) == 2 * SP_ITERATIONS + 6 * HRL_ITERATIONS
+
+
+def test_resume_of_the_finished_search_reads_it_from_storage(shared, monkeypatch):
+    """Nothing left to train: the summary, SP runs included, comes from the search's storage
+    without Ray (``finished_search``)."""
+    exp, summary = shared
+    monkeypatch.setattr(runner, "init_ray", lambda *a, **k: pytest.fail("resuming a finished search started Ray"))
+    resumed = runner.resume_search(summary.path)
+    assert resumed.finished_already and resumed.sp_runs == 2 and resumed.scheduler == summary.scheduler
+    assert {r["trial_id"]: r for r in resumed.trials} == {r["trial_id"]: r for r in summary.trials}
 
 
 def test_sharing_plan_follows_the_search_space(tmp_path):
