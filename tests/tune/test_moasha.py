@@ -231,6 +231,7 @@ def local_ray():
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("RAY_USAGE_STATS_ENABLED", "0")
         patch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        patch.setenv("RAY_prestart_worker_first_driver", "0")     # no idle workers, as skipnet's init_ray
         patch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", False)
         cloudpickle.register_pickle_by_value(sys.modules[__name__])
         ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")

@@ -434,7 +434,8 @@ def test_optuna_multi_objective_search(tmp_path, mlflow_server, local_ray):
 
 
 def test_random_searcher_samples_the_same_trials_under_every_scheduler(tmp_path, local_ray):
-    """Seeded: FIFO and ASHA (which draws from numpy's global state too) get identical trials."""
+    """Seeded: FIFO and ASHA (which draws from numpy's global state too) get identical trials.
+    (Actors reused, as a search reuses them: 2 worker processes a fit, not one per trial.)"""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
@@ -449,7 +450,7 @@ def test_random_searcher_samples_the_same_trials_under_every_scheduler(tmp_path,
         search_alg, space = _search(exp, load_space(exp))
         results = tune.Tuner(trainable, param_space=space,
                              tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=6,
-                                                         metric="score", mode="max"),
+                                                         metric="score", mode="max", reuse_actors=True),
                              run_config=tune.RunConfig(storage_path=str(tmp_path), name=name, verbose=0)).fit()
         return sorted(str(sorted(r.config.items())) for r in results)
 
