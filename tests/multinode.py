@@ -56,6 +56,16 @@ def _parents() -> dict[int, int]:
     return out
 
 
+def descendants(pid: int) -> set[int]:
+    """``pid`` and every process below it (a local Ray: GCS, raylet, agents, workers)."""
+    parents, pids = _parents(), {pid}
+    while True:
+        children = {p for p, parent in parents.items() if parent in pids} - pids
+        if not children:
+            return pids
+        pids |= children
+
+
 def processes_of(marker: str) -> set[int]:
     """PIDs whose command line contains ``marker``, with all their descendants (Ray's agents
     rename themselves, ``ray::DashboardAgent``, but stay children of the raylet)."""

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from multinode import alive, stop_processes
+from multinode import alive, descendants, stop_processes
 from test_search import TINY_TRAIN, children, experiment
 
 from skipnet.tune.runner import run_search
@@ -150,17 +150,6 @@ def test_killed_worker_resumes_from_checkpoint_with_identical_metrics(tmp_path, 
 
 
 # -- stopping on purpose: Ctrl-C, a second one, and what the search cost ----------------------------
-
-def descendants(pid: int) -> set[int]:
-    """``pid`` and every process below it (a local Ray: GCS, raylet, agents, workers)."""
-    from multinode import _parents
-    parents, pids = _parents(), {pid}
-    while True:
-        children = {p for p, parent in parents.items() if parent in pids} - pids
-        if not children:
-            return pids
-        pids |= children
-
 
 def started_at(pid: int) -> str | None:
     """When ``pid`` started (clock ticks since boot), or None if it is gone: tells a PID reused apart."""

@@ -14,6 +14,8 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
+from multinode import descendants
+
 from skipnet import export
 from skipnet.cli import _schedule
 from skipnet.core.config import from_dict
@@ -82,21 +84,10 @@ def children(client, summary):
 
 
 def ray_workers_below(pid: int) -> list[str]:
-    """The command lines of the Ray worker processes among ``pid``'s descendants (Linux /proc):
-    a worker starts as ``python .../default_worker.py`` and names itself ``ray::IDLE`` until it
-    runs a task or an actor."""
-    parents = {}
-    for entry in Path("/proc").iterdir():
-        try:
-            parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (ValueError, OSError):
-            continue
-    below, frontier = set(), {pid}
-    while frontier:
-        frontier = {child for child, parent in parents.items() if parent in frontier} - below
-        below |= frontier
+    """The command lines of the Ray worker processes below ``pid``: a worker starts as
+    ``python .../default_worker.py`` and names itself ``ray::IDLE`` until it runs a task or an actor."""
     workers = []
-    for child in below:
+    for child in descendants(pid) - {pid}:
         try:
             argv = (Path("/proc") / str(child) / "cmdline").read_bytes().decode().split("\0")
         except OSError:
