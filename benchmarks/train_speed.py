@@ -16,15 +16,11 @@ CPU that other work leaves idle, from /proc/stat sampled for 0.25 s as the proce
 through the Engine: SkipNet-38 with recurrent gates, synthetic data, batch 64, SP then HRL
 iterations). ``vs_idle`` divides by the same setting with no busy process, ``vs_fair`` by the
 best idle rate's fair share, 1/(N+1) of it: 1.0 is what sharing the machine evenly allows, 0.5
-is 2x behind. ``--formats channels_last contiguous`` measures both memory formats of the
-convolutions (``channels_last``, the default of ``skipnet train``, and NCHW) and adds
-``vs_contiguous``, the speed-up of NHWC.
+is 2x behind.
 
     python benchmarks/train_speed.py [--batch 128] [--steps 5] [--out benchmarks/results/train_speed.json]
     python benchmarks/train_speed.py --quickstart --busy 0 1 2 --settings default free passive one policy \
         --out benchmarks/results/train_speed_busy.json
-    python benchmarks/train_speed.py --quickstart --settings one --formats channels_last contiguous --rounds 3 \
-        --out benchmarks/results/train_speed_formats.json
 """
 from __future__ import annotations
 
@@ -69,14 +65,13 @@ def fair_coin_gates(model: torch.nn.Module) -> None:
             p.data.zero_()
 
 
-def measure(cfg: dict, batch: int, steps: int, device: str, memory_format: str) -> dict:
+def measure(cfg: dict, batch: int, steps: int, device: str) -> dict:
     torch.manual_seed(0)
-    fmt = torch.channels_last if memory_format == "channels_last" else torch.contiguous_format
-    model = skipnet.create_model(cfg["arch"]).to(device, memory_format=fmt).train()
+    model = skipnet.create_model(cfg["arch"]).to(device).train()
     if cfg["stage"] == "hrl":
         fair_coin_gates(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=1e-4)
-    x = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=fmt)
+    x = torch.randn(batch, 3, 32, 32, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
 
     def step():
@@ -99,11 +94,10 @@ def measure(cfg: dict, batch: int, steps: int, device: str, memory_format: str) 
     peak = (torch.cuda.max_memory_allocated() if device == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     return {**cfg, "images_per_s": batch * steps / elapsed, "it_per_s": steps / elapsed,
-            "executed_pct": 100 * sum(executed) / len(executed), "peak_mib": peak / 2**20, "device": device,
-            "format": memory_format}
+            "executed_pct": 100 * sum(executed) / len(executed), "peak_mib": peak / 2**20, "device": device}
 
 
-def measure_quickstart(batch: int, steps: int, seconds: float, memory_format: str) -> list[dict]:
+def measure_quickstart(batch: int, steps: int, seconds: float) -> list[dict]:
     """Iterations/s of the quickstart's SP, then HRL, through the Engine (its data pipeline
     included): one warm-up step, then ``steps`` steps or ``seconds``, whichever ends first
     (at least two steps)."""
@@ -113,7 +107,7 @@ def measure_quickstart(batch: int, steps: int, seconds: float, memory_format: st
     from skipnet.core.train.engine import Engine
     with tempfile.TemporaryDirectory() as out:       # the Engine writes nothing; fit is not called
         cfg = load_train_config(QUICKSTART, {"sp.batch_size": batch, "hrl.batch_size": batch, "output_dir": out,
-                                             "device": "cpu", "channels_last": memory_format == "channels_last"})
+                                             "device": "cpu"})
         engine, rows = Engine(cfg), []
         for stage in ("sp", "hrl"):
             if stage == "hrl":
@@ -125,7 +119,7 @@ def measure_quickstart(batch: int, steps: int, seconds: float, memory_format: st
                 n += 1
             elapsed = time.perf_counter() - start
             rows.append({"stage": stage, "arch": cfg.model.arch, "skip_compute": False, "it_per_s": n / elapsed,
-                         "images_per_s": batch * n / elapsed, "steps": n, "device": "cpu", "format": memory_format})
+                         "images_per_s": batch * n / elapsed, "steps": n, "device": "cpu"})
     return rows
 
 
@@ -190,7 +184,7 @@ def busy_processes(n: int):
 def compare(rows: list[dict]) -> None:
     """Add ``vs_idle`` and ``vs_fair`` (see the module docstring) to each row."""
     def key(r):
-        return r["stage"], r["arch"], r["skip_compute"], r["format"]
+        return r["stage"], r["arch"], r["skip_compute"]
     for r in rows:
         idle = [b for b in rows if key(b) == key(r) and b["busy"] == 0]
         same = [b for b in idle if b["setting"] == r["setting"]]
@@ -198,10 +192,6 @@ def compare(rows: list[dict]) -> None:
             r["vs_idle"] = r["it_per_s"] / same[0]["it_per_s"]
         if idle:
             r["vs_fair"] = r["it_per_s"] * (r["busy"] + 1) / max(b["it_per_s"] for b in idle)
-        nchw = [b for b in rows if key(b)[:3] == key(r)[:3] and b["format"] == "contiguous"
-                and (b["busy"], b["setting"]) == (r["busy"], r["setting"])]
-        if nchw and r["format"] == "channels_last":
-            r["vs_contiguous"] = r["it_per_s"] / nchw[0]["it_per_s"]
 
 
 def main() -> None:
@@ -215,20 +205,17 @@ def main() -> None:
                         help="CPU-bound processes running beside the measurement, one pass per N (default 0)")
     parser.add_argument("--settings", nargs="+", default=["default"], choices=list(SETTINGS),
                         help="CPU thread settings, each in a fresh process (default: torch's own)")
-    parser.add_argument("--formats", nargs="+", default=["channels_last"], choices=["channels_last", "contiguous"],
-                        help="memory formats of the convolutions, each in a fresh process (default: channels_last)")
-    parser.add_argument("--rounds", type=int, default=1, help="passes over busy x settings x formats; the median is kept")
+    parser.add_argument("--rounds", type=int, default=1, help="passes over busy x settings; the median is kept")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--setting", default="default", help=argparse.SUPPRESS)
-    parser.add_argument("--format", default="channels_last", help=argparse.SUPPRESS)
     parser.add_argument("--out", default="benchmarks/results/train_speed.json")
     args = parser.parse_args()
     batch = args.batch or (64 if args.quickstart else 128)
     steps = args.steps or (20 if args.quickstart else 5)
     if args.one:
         used = apply_setting(args.setting)
-        rows = (measure_quickstart(batch, steps, args.seconds, args.format) if args.quickstart
-                else [measure(json.loads(args.one), batch, steps, args.device, args.format)])
+        rows = (measure_quickstart(batch, steps, args.seconds) if args.quickstart
+                else [measure(json.loads(args.one), batch, steps, args.device)])
         print(json.dumps([{**r, **used} for r in rows]))
         return
     configs = [{"quickstart": True}] if args.quickstart else CONFIGS
@@ -237,16 +224,15 @@ def main() -> None:
         for n in args.busy:
             with busy_processes(n):
                 for setting in args.settings:
-                    for cfg, fmt in [(c, f) for c in configs for f in args.formats]:
+                    for cfg in configs:
                         cmd = [sys.executable, __file__, "--one", json.dumps(cfg), "--setting", setting,
-                               "--format", fmt, "--batch", str(batch), "--steps", str(steps),
-                               "--seconds", str(args.seconds), "--device", args.device] + \
-                              (["--quickstart"] if args.quickstart else [])
+                               "--batch", str(batch), "--steps", str(steps), "--seconds", str(args.seconds),
+                               "--device", args.device] + (["--quickstart"] if args.quickstart else [])
                         out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=setting_env(setting))
                         for r in json.loads(out.stdout.strip().splitlines()[-1]):
                             r["busy"], r["wait_policy"] = n, setting_env(setting).get("OMP_WAIT_POLICY", "")
-                            runs.setdefault((n, setting, r["stage"], r["arch"], r["skip_compute"], fmt), []).append(r)
-                            print(f"  busy {n} {setting} ({r['threads']} threads) {fmt} {r['stage']} {r['arch']} "
+                            runs.setdefault((n, setting, r["stage"], r["arch"], r["skip_compute"]), []).append(r)
+                            print(f"  busy {n} {setting} ({r['threads']} threads) {r['stage']} {r['arch']} "
                                   f"skip_compute={r['skip_compute']}: {r['it_per_s']:.2f} it/s", flush=True)
     rows = []
     for measured in runs.values():
@@ -257,17 +243,17 @@ def main() -> None:
     for r in rows:
         if r["stage"] == "hrl" and r["skip_compute"]:
             base = next(b for b in rows if b["arch"] == r["arch"] and b["stage"] == "hrl" and not b["skip_compute"]
-                        and b["busy"] == r["busy"] and b["setting"] == r["setting"] and b["format"] == r["format"])
+                        and b["busy"] == r["busy"] and b["setting"] == r["setting"])
             r["speedup_vs_compute_everything"] = r["images_per_s"] / base["images_per_s"]
     compare(rows)
-    columns = ["busy", "setting", "threads", "wait_policy", "format", "stage", "arch", "skip_compute", "it_per_s",
-               "images_per_s", "vs_idle", "vs_fair", "vs_contiguous"]
+    columns = ["busy", "setting", "threads", "wait_policy", "stage", "arch", "skip_compute", "it_per_s",
+               "images_per_s", "vs_idle", "vs_fair"]
     if not args.quickstart:
         columns += ["executed_pct", "peak_mib", "speedup_vs_compute_everything"]
     print_table(rows, columns)
     write_json(args.out, {"benchmark": "train_speed", "quickstart": args.quickstart, "batch": batch, "steps": steps,
                           "seconds": args.seconds if args.quickstart else None, "busy": args.busy,
-                          "settings": args.settings, "formats": args.formats, "rounds": args.rounds, "cpus": threads.usable_cpus(),
+                          "settings": args.settings, "rounds": args.rounds, "cpus": threads.usable_cpus(),
                           "machine": machine(), "rows": rows})
 
 

@@ -150,12 +150,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     except CheckpointError as e:
         raise CheckpointError(f"--checkpoint: {e}") from None
     device = resolve_device(args.device)
-    channels_last = bool(saved.get("channels_last", True))      # as the run trained and evaluated
-    model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    model.to(device)
     costs = block_costs(model, (splits.image_size, splits.image_size))
     dataset = splits.test if args.split == "test" else splits.val
     metrics = evaluate(model, dataset, costs, split=args.split, batch_size=args.batch_size, device=device,
-                       channels_last=channels_last, top5=splits.name == "imagenet", num_workers=dc.num_workers)
+                       top5=splits.name == "imagenet", num_workers=dc.num_workers)
     skip = metrics.pop(f"{args.split}_skip_ratio", None)
     at = f", gate threshold {model.gate_threshold:g}" if model.gate_spec is not None else ""
     print(f"{model.arch} on {splits.name}/{args.split} ({len(dataset)} images{at})")

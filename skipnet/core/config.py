@@ -158,7 +158,7 @@ class TrainConfig:
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True                 # automatic mixed precision on CUDA (ignored on CPU)
-    channels_last: bool = True       # NHWC weights and images for the convolutions, CPU and CUDA (README: Training)
+    channels_last: bool = True       # on CUDA (ignored on CPU)
     threads: int | None = None       # CPU threads of torch (None: one per usable CPU, skipnet/core/threads.py); results match bitwise only at equal counts
     output_dir: str = "runs/train"
 

@@ -137,32 +137,6 @@ def test_evaluation_never_changes_training(image_folder, num_workers):
         assert torch.equal(a, b), name
 
 
-def test_channels_last_trains_in_nhwc_on_the_cpu_and_computes_the_same_network():
-    """``channels_last`` (the default) holds every 3x3 convolution's weight and every training
-    batch in NHWC on the CPU too (oneDNN's native layout: measured 8-20 % faster steps), and
-    computes the network that NCHW computes, up to float rounding: the same logits and loss of
-    the first batch. (Trajectories then part: a ReLU input within rounding of zero flips its
-    mask, so two float32 layouts differ from each other as each differs from float64, about
-    1e-3 of the gradient's norm.) ``channels_last: false`` is NCHW throughout."""
-    engines = {}
-    for channels_last in (True, False):
-        engine = Engine(small_cfg(**{"stage": "base", "model.arch": "cifar10_resnet_20", "sp.iterations": 3,
-                                     "channels_last": channels_last}))
-        images, _ = engine._next_batch()
-        assert images.is_contiguous(memory_format=torch.channels_last) != images.is_contiguous()
-        assert images.is_contiguous() is not channels_last
-        engine._batches = None                       # the same batches from the start
-        with torch.no_grad():
-            logits = engine.model(images)[0]
-        engines[channels_last] = engine, logits, engine.step().loss
-    (nhwc, logits_nhwc, loss_nhwc), (nchw, logits_nchw, loss_nchw) = engines[True], engines[False]
-    convs = [p for p in nhwc.model.parameters() if p.dim() == 4 and p.shape[-1] == 3]
-    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous() for p in convs)
-    assert all(p.is_contiguous() for p in nchw.model.parameters())
-    assert torch.allclose(logits_nhwc, logits_nchw, rtol=1e-4, atol=1e-5)
-    assert loss_nhwc == pytest.approx(loss_nchw, rel=1e-5)
-
-
 def test_first_hrl_chunk_of_a_pipeline_uses_hrl_eval_every(tmp_path):
     from skipnet.core.train.run import fit
     evaluated = []

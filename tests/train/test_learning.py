@@ -4,10 +4,8 @@ for both gate types (a SkipNet-20 at quickstart size: its SP, HRL 200 iterations
 * SP is within 3 points of the plain ResNet trained the same way, executing most blocks;
 * at a mid alpha HRL routes: computation between 30 % and 70 %, and harder images (the data
   set's known difficulty) execute more: the Spearman correlation of per-image executed FLOPs
-  with difficulty is at least 0.3 (measured 0.58 feedforward at alpha 5 at 60.5 % computation,
-  0.49 recurrent at 2.5 at 61.0 %, one thread a run, convolutions in NHWC (``channels_last``);
-  seeds 1 and 2: 0.52 / 0.52 at 62.2 / 64.1 %, recurrent 0.52 / 0.36 at 68.2 / 67.9 %; in NCHW
-  seed 0 gave 0.66 at 64.9 % and 0.49 at 54.4 %, at two threads 0.59 and 0.60;
+  with difficulty is at least 0.3 (measured 0.66 feedforward at alpha 5 at 64.9 % computation,
+  0.49 recurrent at 2.5 at 54.4 %, one thread a run; at two threads 0.59 and 0.60;
   before the robust SP 0.55 and 0.39 at 2.5, feedforward 0.42-0.55 over seeds 0-2; before the
   straight-through gradient and the random-path loss -0.09 to 0.41 over seeds), and
   computation falls as alpha rises;

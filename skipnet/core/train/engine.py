@@ -93,7 +93,7 @@ class Engine:
             raise ConfigError("model.arch", cfg.model.arch,
                               f"a gated SkipNet (e.g. cifar10_rnn_gate_110) for stage {cfg.stage}")
         model = model.to(self.device)
-        if cfg.channels_last:
+        if self.on_cuda and cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
         return model
 
@@ -160,7 +160,7 @@ class Engine:
                                           pin_memory=self.on_cuda)
         images, labels = next(self._batches)
         images = images.to(self.device, non_blocking=True)
-        if self.cfg.channels_last:
+        if self.on_cuda and self.cfg.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return images, labels.to(self.device, non_blocking=True)
 

@@ -72,7 +72,7 @@ def _evaluate(model: nn.Module, dataset: Dataset, costs: BlockCosts, *, split: s
         if max_batches is not None and b >= max_batches:
             break
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        if channels_last:
+        if channels_last and device.type == "cuda":
             images = images.contiguous(memory_format=torch.channels_last)
         with autocast(device, amp):
             logits, record = model(images, skip_compute=gated)
