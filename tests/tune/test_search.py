@@ -238,9 +238,9 @@ def test_pbt_population_of_four_exploits_within_each_gate_family(tmp_path, mlflo
 # soon skips every one (13.3 % computation), alpha 4-8 wanders between. The SP trains 120
 # iterations: after 60 it is on the steep part of its curve (44 % in this search, 25 % when
 # evaluated at other points, 47-68 % by 80-120), and from the 44 % SP skipping every block was as
-# accurate as running them (38-43 % at both ends: a one-point front, and the test failed). Drawn at random, the six
-# alphas could all fall on one side, and the front with them; a member at a wandering alpha can
-# be the front's accurate end at one perturbation and collapse by the next.
+# accurate as running them (38-43 % at both ends: a one-point front, and the test failed).
+# Drawn at random, the six alphas could all fall on one side, and the front with them; a member
+# at a wandering alpha can be the front's accurate end at one perturbation and collapse by the next.
 MOPBT_ALPHA = (0.3, 30.0)
 MOPBT_START = [0.5, 1.0, 2.0, 12.0, 16.0, 24.0]
 
