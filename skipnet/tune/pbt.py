@@ -206,14 +206,14 @@ class MOPBT(SkipNetPBT):
         return [t for t in lower if t not in ends], upper
 
     def _choose_donor(self, trial: Trial, donors: list[Trial]) -> Trial:
-        """A donor that dominates ``trial`` (any of them), else the nearest donor (``nearest_donor``).
+        """A donor that dominates ``trial`` (any of them), else the nearest donor (``donor_index``).
 
         Why: the upper quantile holds both ends of the front, and a member that copies the other
         end jumps across the trade-off with the donor's gate cost. Measured on test_search's
         MO-PBT: at the second perturbation three of the four members near 100 % computation (59-63 %)
         copied a member that had collapsed to skipping every block (13-15 % at 13.3 %), the fourth
         copied one collapsing there, and the whole population ended at 13.3 %: a one-point front."""
-        return donors[nearest_donor(self._point(trial), [self._point(d) for d in donors], self.modes)]
+        return donors[donor_index(self._point(trial), [self._point(d) for d in donors], self.modes)]
 
 
 class PopulationGenerator(BasicVariantGenerator):
@@ -297,7 +297,7 @@ def population_order(points: Any, directions: list[str], diversity: str = "crowd
     return np.lexsort((np.arange(len(losses)), -spread, rank))
 
 
-def nearest_donor(point: Any, donors: Any, directions: list[str]) -> int:
+def donor_index(point: Any, donors: Any, directions: list[str]) -> int:
     """Index of the donor ``point`` copies under MO-PBT: one of those that dominate it, at random;
     when none does, the nearest (objectives scaled to the compared points' ranges; NaN: at random)."""
     losses = pareto.normalize(np.vstack([point, donors]), directions)
