@@ -28,9 +28,9 @@
 ``MOPBT`` (Dushatskiy et al., "Multi-Objective Population Based Training", ICML 2023) orders the
 members by non-dominated rank over (val_top1 max, val_computation_pct min) and, within a rank,
 by diversity (crowding distance or the paper's greedy scattered subset selection), instead of
-one scalar score; a member of the lower quantile copies one of the upper that dominates it (the
-nearest when none does), not one at the front's other end: the population stays spread over the
-accuracy/computation front.
+one scalar score; a member of the lower quantile copies one of the upper that dominates it (none
+dominates it: it keeps training), never one at the front's other end: the population stays
+spread over the accuracy/computation front.
 """
 from __future__ import annotations
 
@@ -103,15 +103,14 @@ class SkipNetPBT(PopulationBasedTraining):
                                upper_quantile: list[Trial], lower_quantile: list[Trial]) -> None:
         lower, upper = self.family_quantiles(trial)
         state = self._trial_state[trial]
-        donor = None
+        donor, donors = None, []
         if trial in lower:
             donors = [t for t in upper if self._donor_checkpoint(t)]
-            if donors:
-                donor = self._choose_donor(trial, donors)
-            else:
-                log.info("[pbt] no member of %s's gate family has a checkpoint yet: %s keeps training",
+            donor = self._choose_donor(trial, donors) if donors else None
+            if donor is None:
+                log.info("[pbt] no member of %s's gate family that %s may copy has a checkpoint: it keeps training",
                          self._family(trial), trial.trial_id)
-        self._record(trial, lower, upper, donor)
+        self._record(trial, lower, upper, donors, donor)
         if donor is not None:
             self._exploit(tune_controller, trial, donor)
             return
@@ -122,19 +121,23 @@ class SkipNetPBT(PopulationBasedTraining):
         """What the ranking compares, as recorded in the decision log."""
         return [self._trial_state[trial].last_score]
 
-    def _choose_donor(self, trial: Trial, donors: list[Trial]) -> Trial:
-        """The member ``trial`` copies, from the upper quantile's ``donors``: any of them."""
+    def _choose_donor(self, trial: Trial, donors: list[Trial]) -> Trial | None:
+        """The member ``trial`` copies, from the upper quantile's members with a checkpoint
+        (``donors``): any of them."""
         return random.choice(donors)
 
-    def _record(self, trial: Trial, lower: list[Trial], upper: list[Trial], donor: Trial | None) -> None:
+    def _record(self, trial: Trial, lower: list[Trial], upper: list[Trial], donors: list[Trial],
+                donor: Trial | None) -> None:
         """Append the decision to ``pbt_decisions.jsonl`` in the search directory: the family's
-        members with the values they were ranked by, the quantiles and the donor (if any)."""
+        members with the values they were ranked by, the quantiles, the upper members the trial
+        could copy (those with a checkpoint) and the donor (if any)."""
         family = self._family(trial)
         members = [t for t in self._trial_state if self._family(t) == family
                    and self._trial_state[t].last_score is not None]
         record = {"time": self._trial_state[trial].last_train_time, "trial": trial.trial_id, "family": family,
                   "points": {t.trial_id: self._point(t) for t in members},
                   "lower": [t.trial_id for t in lower], "upper": [t.trial_id for t in upper],
+                  "candidates": [t.trial_id for t in donors],
                   "donor": donor.trial_id if donor else None}
         try:
             with open(os.path.join(trial.local_experiment_path, DECISIONS_FILE), "a") as f:
@@ -205,15 +208,19 @@ class MOPBT(SkipNetPBT):
         ends = {ranked[i] for i in front_ends(np.array([self._point(t) for t in ranked]), self.modes)}
         return [t for t in lower if t not in ends], upper
 
-    def _choose_donor(self, trial: Trial, donors: list[Trial]) -> Trial:
-        """A donor that dominates ``trial`` (any of them), else the nearest donor (``donor_index``).
+    def _choose_donor(self, trial: Trial, donors: list[Trial]) -> Trial | None:
+        """A donor that dominates ``trial`` (any of them); None when none does: it keeps training.
 
         Why: the upper quantile holds both ends of the front, and a member that copies the other
         end jumps across the trade-off with the donor's gate cost. Measured on test_search's
         MO-PBT: at the second perturbation three of the four members near 100 % computation (59-63 %)
         copied a member that had collapsed to skipping every block (13-15 % at 13.3 %), the fourth
-        copied one collapsing there, and the whole population ended at 13.3 %: a one-point front."""
-        return donors[donor_index(self._point(trial), [self._point(d) for d in donors], self.modes)]
+        copied one collapsing there, and the whole population ended at 13.3 %: a one-point front.
+        Copying the nearest donor when none dominates did it again: the member that dominated the
+        last one near 100 % had just been exploited (no checkpoint of its own), and it copied the
+        other end."""
+        index = dominating_donor(self._point(trial), [self._point(d) for d in donors], self.modes)
+        return None if index is None else donors[index]
 
 
 class PopulationGenerator(BasicVariantGenerator):
@@ -297,19 +304,13 @@ def population_order(points: Any, directions: list[str], diversity: str = "crowd
     return np.lexsort((np.arange(len(losses)), -spread, rank))
 
 
-def donor_index(point: Any, donors: Any, directions: list[str]) -> int:
-    """Index of the donor ``point`` copies under MO-PBT: one of those that dominate it, at random;
-    when none does, the nearest (objectives scaled to the compared points' ranges; NaN: at random)."""
+def dominating_donor(point: Any, donors: Any, directions: list[str]) -> int | None:
+    """Index of a donor that dominates ``point`` (at random among them), None when none does
+    (NaN never dominates nor is dominated): the donor a member copies under MO-PBT."""
     losses = pareto.normalize(np.vstack([point, donors]), directions)
     own, others = losses[0], losses[1:]
     dominating = np.flatnonzero((others <= own).all(axis=1) & (others < own).any(axis=1))
-    if len(dominating):
-        return int(random.choice(dominating))
-    span = np.ptp(losses, axis=0)
-    distance = np.linalg.norm((others - own) / np.where(span > 0, span, 1.0), axis=1)
-    if not np.isfinite(distance).any():
-        return random.randrange(len(others))
-    return int(np.nanargmin(distance))
+    return int(random.choice(dominating)) if len(dominating) else None
 
 
 def front_ends(points: Any, directions: list[str]) -> set[int]:

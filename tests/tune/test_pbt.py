@@ -64,18 +64,18 @@ def test_mopbt_never_exploits_an_end_of_the_front(points, lower):
     assert got == lower and set(upper).isdisjoint(got)
 
 
-def test_mopbt_donor_dominates_the_member_or_is_the_nearest():
+
+def test_mopbt_donor_dominates_the_member_or_there_is_none():
     """A member copies a top member that dominates it, never the front's other end: measured on
     test_search's MO-PBT, members at 100 % computation (59-63 %) copied one that skipped every
     block (13-15 % at 13.3 %) and the whole population ended at 13.3 %."""
     import random
 
-    from skipnet.tune.pbt import donor_index
+    from skipnet.tune.pbt import dominating_donor
     random.seed(0)
     member = (63.0, 100.0)
     donors = [(68.0, 100.0), (13.0, 13.3), (66.0, 97.7)]     # the first and the last dominate it
-    assert {donor_index(member, donors, ["max", "min"]) for _ in range(50)} == {0, 2}
-    # none dominates it: the nearest, objectives scaled to the compared points' ranges
-    assert donor_index((60.0, 40.0), [(90.0, 95.0), (50.0, 20.0)], ["max", "min"]) == 1
-    assert donor_index((60.0, 40.0), [(90.0, 50.0), (20.0, 10.0)], ["max", "min"]) == 0
-    assert donor_index((np.nan, np.nan), [(90.0, 50.0)], ["max", "min"]) == 0
+    assert {dominating_donor(member, donors, ["max", "min"]) for _ in range(50)} == {0, 2}
+    assert dominating_donor(member, [(13.0, 13.3), (63.0, 100.0)], ["max", "min"]) is None   # an end, a tie
+    assert dominating_donor((np.nan, np.nan), [(90.0, 50.0)], ["max", "min"]) is None
+    assert dominating_donor((60.0, 50.0), [(np.nan, np.nan), (60.0, 40.0)], ["max", "min"]) == 1
