@@ -108,8 +108,8 @@ class SkipNetPBT(PopulationBasedTraining):
             donors = [t for t in upper if self._donor_checkpoint(t)]
             donor = self._choose_donor(trial, donors) if donors else None
             if donor is None:
-                log.info("[pbt] no member of %s's gate family that %s may copy has a checkpoint: it keeps training",
-                         self._family(trial), trial.trial_id)
+                log.info("[pbt] %s keeps training: no member of %s's upper quantile it may copy has a checkpoint",
+                         trial.trial_id, self._family(trial))
         self._record(trial, lower, upper, donors, donor)
         if donor is not None:
             self._exploit(tune_controller, trial, donor)
