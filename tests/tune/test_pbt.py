@@ -64,7 +64,6 @@ def test_mopbt_never_exploits_an_end_of_the_front(points, lower):
     assert got == lower and set(upper).isdisjoint(got)
 
 
-
 def test_mopbt_donor_dominates_the_member_or_there_is_none():
     """A member copies a top member that dominates it, never the front's other end: measured on
     test_search's MO-PBT, members at 100 % computation (59-63 %) copied one that skipped every
